@@ -1,0 +1,134 @@
+"""timm backbones as feature extractors, with pretrained weights from the hub or a local file.
+
+:func:`create_backbone` returns a timm model without its classifier or pooling, so it outputs the
+final feature map ``B x C x H' x W'`` (attention blocks work on it; the head pools it).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+class PretrainedWeightsError(RuntimeError):
+    """Pretrained weights were asked for but cannot be had."""
+
+
+def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _cached_hub_weights(name: str) -> bool:
+    """Whether timm's pretrained weights for ``name`` are already in the local Hugging Face cache."""
+    cfg = timm.models.get_pretrained_cfg(name)
+    hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    if not hub_id:
+        return False
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return False
+    hub_id = hub_id.split("@")[0]
+    for filename in ("model.safetensors", "pytorch_model.bin", getattr(cfg, "hf_hub_filename", None)):
+        if filename and isinstance(try_to_load_from_cache(hub_id, filename), str):
+            return True
+    return False
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load a weights file (``.safetensors``, ``.pth``/``.pt``/``.bin``, or a Lightning/timm checkpoint)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise PretrainedWeightsError(f"backbone.pretrained_file={path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise PretrainedWeightsError(f"backbone.pretrained_file={path}: cannot load ({err})") from err
+    for key in ("state_dict", "model", "model_state_dict", "state_dict_ema"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise PretrainedWeightsError(f"backbone.pretrained_file={path}: not a state dict of tensors")
+    for prefix in ("module.", "model.backbone.", "backbone."):
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def load_backbone_weights(model: nn.Module, path: str | Path) -> None:
+    """Load ``path`` into a classifier-less timm model; classifier weights in the file are ignored.
+
+    Raises :class:`PretrainedWeightsError` naming missing/unexpected/mis-shaped keys, since a file
+    for another architecture would otherwise load "successfully" into nothing.
+    """
+    state = load_state_dict_file(path)
+    classifier = model.pretrained_cfg.get("classifier", "") if hasattr(model, "pretrained_cfg") else ""
+    classifier_names = classifier if isinstance(classifier, (list, tuple)) else [classifier]
+    state = {k: v for k, v in state.items()
+             if not any(c and (k == c or k.startswith(c + ".")) for c in classifier_names)}
+    own = model.state_dict()
+    mismatched = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
+                  if k in own and own[k].shape != v.shape]
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in own]
+    if mismatched or missing or unexpected:
+        details = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
+            if keys:
+                details.append(f"{len(keys)} {label} (e.g. {', '.join(keys[:3])})")
+        raise PretrainedWeightsError(
+            f"backbone.pretrained_file={path} does not fit backbone {model.default_cfg.get('architecture', '?')}: "
+            + "; ".join(details)
+        )
+    model.load_state_dict(state, strict=False)
+    log.info("loaded backbone weights from %s (%d tensors)", path, len(state))
+
+
+def create_backbone(name: str, pretrained: bool = False, pretrained_file: str | None = None,
+                    drop_path_rate: float = 0.0, in_chans: int = 3, **kwargs) -> nn.Module:
+    """A timm model by ``name`` that returns its final feature map (no pooling, no classifier).
+
+    ``pretrained_file`` (a local file) wins over ``pretrained``; ``pretrained=True`` without it uses
+    timm's hub and fails at once, pointing at ``pretrained_file``, when the hub cannot be reached
+    and the weights are not cached.
+    """
+    if name not in timm.list_models() and not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
+        raise ValueError(f"unknown backbone {name!r} (timm has no such model; similar: {', '.join(close) or 'none'})")
+    use_hub = bool(pretrained) and not pretrained_file
+    if use_hub and not _cached_hub_weights(name) and not _hub_reachable():
+        raise PretrainedWeightsError(
+            f"backbone.pretrained=true needs the timm weights of {name!r}, but the model hub cannot be reached "
+            f"and they are not cached. Download them on a machine with internet and pass "
+            f"backbone.pretrained_file=/path/to/weights.safetensors (or .pth), or set backbone.pretrained=false."
+        )
+    model = timm.create_model(name, pretrained=use_hub, num_classes=0, global_pool="",
+                              drop_path_rate=drop_path_rate or None, in_chans=in_chans, **kwargs)
+    if pretrained_file:
+        load_backbone_weights(model, pretrained_file)
+    return model
+
+
+def feature_channels(backbone: nn.Module) -> int:
+    """Channels of the feature map the backbone returns."""
+    return int(backbone.num_features)

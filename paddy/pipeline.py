@@ -1,0 +1,185 @@
+"""One training run from a composed config: the library behind ``python -m paddy.train``.
+
+    cfg.data -> DataModule (validated before anything else)
+    cfg.backbone + cfg.attention + cfg.model -> nn.Module
+    cfg.optimizer + cfg.scheduler -> ClassificationTask
+    cfg.trainer + cfg.callbacks + cfg.logger -> lightning.Trainer
+    fit -> test the best checkpoint -> metrics.json -> metrics returned (the sweeper reads one)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from paddy.config import instantiate
+from paddy.data.datamodule import ImageDataModule
+from paddy.models.classifier import build_classifier
+from paddy.tasks.callbacks import RunHistory
+from paddy.tasks.classification import ClassificationTask
+from paddy.utils.artifacts import best_epoch_summary, model_size, write_json
+from paddy.utils.runtime import resolve_precision
+
+log = logging.getLogger("paddy")
+
+# Lightning warnings that say nothing actionable for paddy's users (paddy chose these settings).
+_QUIET_WARNINGS = (
+    r".*does not have many workers.*",
+    r".*The number of training batches \(\d+\) is smaller than the logging interval.*",
+    r".*Checkpoint directory .* exists and is not empty.*",
+    r".*treespec, LeafSpec.*",
+)
+
+
+class _DropAdverts(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+def _quiet_logging() -> None:
+    """One line per message: Lightning adds its own console handler next to Hydra's; drop it when
+    the root logger already prints (and drop Lightning's product tips)."""
+    for pattern in _QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    root_prints = logging.getLogger().hasHandlers()
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning_fabric", "pytorch_lightning"):
+        logger = logging.getLogger(name)
+        if root_prints:
+            for handler in list(logger.handlers):
+                if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                    logger.removeHandler(handler)
+        if not any(isinstance(f, _DropAdverts) for f in logger.filters):
+            logger.addFilter(_DropAdverts())
+    for logger_name in ("lightning.pytorch.utilities.rank_zero",):
+        logging.getLogger(logger_name).addFilter(_DropAdverts())
+
+
+def _instantiate_all(group: DictConfig | None) -> list[Any]:
+    """Instantiate every ``_target_`` entry of a group (``callbacks``, ``logger``); skip nulls."""
+    if not group:
+        return []
+    return [instantiate(node) for node in group.values() if node is not None and "_target_" in node]
+
+
+def _check_attention(cfg: DictConfig) -> None:
+    name = cfg.get("attention", {}).get("name", "none") if cfg.get("attention") else "none"
+    if name not in (None, "none"):
+        raise ValueError(f"attention={name!r} is not available yet (conf/attention has: none)")
+
+
+def build_datamodule(cfg: DictConfig) -> ImageDataModule:
+    """Instantiate ``cfg.data`` and run its setup (index + verify + split)."""
+    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule.setup("fit")
+    return datamodule
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Train (and test) as ``cfg`` says; write the run artifacts into ``cfg.paths.output_dir``.
+
+    Returns the final metrics (the contents of ``metrics.json``).
+    """
+    _quiet_logging()
+    started = time.perf_counter()
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+    _check_attention(cfg)
+
+    log.info("Data: %s", cfg.data.source._target_.rsplit(".", 1)[-1])
+    datamodule = build_datamodule(cfg)
+
+    backbone_cfg = OmegaConf.to_container(cfg.backbone, resolve=True)
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    net = build_classifier(datamodule.num_classes, backbone=backbone_cfg, head=model_cfg.get("head"))
+    num_params, size_mb = model_size(net)
+    log.info("Model: %s (%.2f M parameters) for %d classes", model_cfg.get("name"), num_params / 1e6,
+             datamodule.num_classes)
+    task = ClassificationTask(
+        net, datamodule.num_classes,
+        optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
+        scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True),
+        label_smoothing=model_cfg.get("label_smoothing", 0.0),
+        class_names=list(datamodule.classes),
+        config=OmegaConf.to_container(cfg, resolve=True),
+    )
+
+    history = RunHistory(output_dir)
+    callbacks = _instantiate_all(cfg.get("callbacks")) + [history]
+    loggers = _instantiate_all(cfg.get("logger"))
+    trainer_options = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer_options["precision"] = resolve_precision(trainer_options.get("precision"),
+                                                     trainer_options.get("accelerator"))
+    trainer = L.Trainer(**trainer_options, callbacks=callbacks, logger=loggers or False)
+
+    log.info("Training for at most %s epochs; run directory: %s", trainer.max_epochs, output_dir)
+    trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+    checkpoint = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
+    best_path = checkpoint.best_model_path if checkpoint is not None else ""
+    test_metrics: dict[str, float] = {}
+    if cfg.get("test", True) and datamodule.has_split("test"):
+        results = trainer.test(task, datamodule=datamodule, ckpt_path=best_path or None, verbose=False)
+        test_metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+
+    summary = best_epoch_summary(history.history)
+    metrics = {
+        "model_name": model_cfg.get("name"),
+        "backbone": backbone_cfg.get("name"),
+        "dataset": datamodule.index.name if datamodule.index else None,
+        "num_classes": datamodule.num_classes,
+        "classes": list(datamodule.classes),
+        "split_sizes": {k: len(v) for k, v in datamodule.split_indices.items()},
+        **summary,
+        "val_acc_best": fit_metrics.get("val/acc_best"),
+        "val_f1_best": fit_metrics.get("val/f1_best"),
+        "epochs_run": len(history.history["epoch"]),
+        "epoch_times": history.history["epoch_time"],
+        "num_params": num_params,
+        "size_mb": round(size_mb, 3),
+        "ckpt_path": best_path or None,
+        "last_ckpt_path": _existing(Path(checkpoint.dirpath) / "last.ckpt") if checkpoint and checkpoint.dirpath
+        else None,
+        "precision": str(trainer_options.get("precision")),
+        "device": "cuda" if trainer.strategy.root_device.type == "cuda" else trainer.strategy.root_device.type,
+        "total_time_s": round(time.perf_counter() - started, 1),
+    }
+    if test_metrics:
+        metrics.update({"test_acc": test_metrics.get("test/acc"), "test_loss": test_metrics.get("test/loss"),
+                        "test_f1": test_metrics.get("test/f1")})
+    metrics["optimized_metric"] = cfg.get("optimized_metric")
+    metrics["optimized_value"] = _metric_value(cfg.get("optimized_metric"), {**fit_metrics, **test_metrics})
+    if trainer.is_global_zero:
+        write_json(output_dir / "metrics.json", metrics)
+    log.info("Done in %.0f s: best val acc %s (epoch %s), test acc %s. Artifacts in %s",
+             metrics["total_time_s"], _fmt(metrics.get("valid_acc")), metrics.get("best_epoch"),
+             _fmt(metrics.get("test_acc")), output_dir)
+    return metrics
+
+
+def _metric_value(name: str | None, values: dict[str, float]) -> float | None:
+    if not name:
+        return None
+    if name not in values:
+        raise KeyError(f"optimized_metric={name!r} was not logged (logged: {', '.join(sorted(values))})")
+    return float(values[name])
+
+
+def _existing(path: Path) -> str | None:
+    return str(path) if path.exists() else None
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+__all__ = ["build_datamodule", "train"]

@@ -1,0 +1,83 @@
+"""Optimizers with backbone/head learning rates, and per-step learning-rate schedules.
+
+Parameter groups: the backbone trains at ``lr``, the new parts (attention + head) at ``head_lr``;
+norm-layer weights and biases get no weight decay (decay on them only hurts, see e.g. the
+"bag of tricks" of He et al., 2019).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+SCHEDULERS = ("cosine", "none")
+
+
+def _split_decay(parameters: Iterable[nn.Parameter]) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    decay, no_decay = [], []
+    for param in parameters:
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim <= 1 else decay).append(param)
+    return decay, no_decay
+
+
+def parameter_groups(model: nn.Module, lr: float, head_lr: float | None, weight_decay: float) -> list[dict]:
+    """Groups ``backbone``/``backbone_no_decay``/``head``/``head_no_decay`` for a model with
+    ``backbone_parameters()`` and ``head_parameters()``; any other module is one group at ``lr``.
+
+    1-D parameters (biases, norm scales) are the no-decay ones.
+    """
+    head_lr = lr if head_lr is None else head_lr
+    if hasattr(model, "backbone_parameters") and hasattr(model, "head_parameters"):
+        parts = [("backbone", model.backbone_parameters(), lr), ("head", model.head_parameters(), head_lr)]
+    else:
+        parts = [("all", list(model.parameters()), lr)]
+    groups = []
+    for name, params, group_lr in parts:
+        decay, no_decay = _split_decay(params)
+        if decay:
+            groups.append({"name": name, "params": decay, "lr": group_lr, "weight_decay": weight_decay})
+        if no_decay:
+            groups.append({"name": f"{name}_no_decay", "params": no_decay, "lr": group_lr, "weight_decay": 0.0})
+    return groups
+
+
+def create_optimizer(model: nn.Module, name: str = "adamw", lr: float = 1e-3, head_lr: float | None = None,
+                     weight_decay: float = 0.0, **kwargs) -> torch.optim.Optimizer:
+    """``name`` in :data:`OPTIMIZERS`; ``kwargs`` go to the torch optimizer (betas, momentum, ...)."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r} (conf/optimizer has: {', '.join(OPTIMIZERS)})")
+    if lr <= 0 or (head_lr is not None and head_lr <= 0):
+        raise ValueError(f"optimizer.lr={lr}, optimizer.head_lr={head_lr}: learning rates must be > 0")
+    if weight_decay < 0:
+        raise ValueError(f"optimizer.weight_decay={weight_decay} (expected >= 0)")
+    return OPTIMIZERS[name](parameter_groups(model, lr, head_lr, weight_decay), lr=lr, **kwargs)
+
+
+def cosine_with_warmup(step: int, total_steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.0) -> float:
+    """Multiplier of the base learning rate at ``step``: linear warmup, then cosine to ``min_lr_ratio``."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def create_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, name: str = "cosine",
+                     warmup_steps: int = 0, warmup_fraction: float = 0.0, min_lr_ratio: float = 0.01,
+                     ) -> dict | None:
+    """A Lightning ``lr_scheduler`` dict stepping every optimizer step, or None for ``none``."""
+    if name == "none":
+        return None
+    if name != "cosine":
+        raise ValueError(f"unknown scheduler {name!r} (conf/scheduler has: {', '.join(SCHEDULERS)})")
+    if total_steps < 1:
+        raise ValueError(f"a cosine schedule needs a known run length, got {total_steps} steps")
+    warmup = warmup_steps or int(round(warmup_fraction * total_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: cosine_with_warmup(step, total_steps, warmup, min_lr_ratio))
+    return {"scheduler": scheduler, "interval": "step", "frequency": 1}

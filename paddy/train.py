@@ -1,0 +1,36 @@
+"""``python -m paddy.train [overrides]``: train one model (or a sweep with ``-m``) from conf/train.yaml."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+import paddy  # noqa: F401  (sets the offline environment before albumentations is imported)
+from paddy.config import TRUSTED_TARGETS, config_dir
+
+log = logging.getLogger("paddy")
+
+
+@hydra.main(config_path=str(config_dir()), config_name="train", execution_whitelist=list(TRUSTED_TARGETS))
+def main(cfg: DictConfig) -> float | None:
+    from paddy.data.errors import DataSourceError, DataValidationError
+    from paddy.models.backbone import PretrainedWeightsError
+    from paddy.pipeline import train
+
+    try:
+        metrics = train(cfg)
+    except (DataSourceError, DataValidationError, PretrainedWeightsError) as err:
+        # Bad input: one clear message and a non-zero exit, not a traceback.
+        log.error("%s", err)
+        if HydraConfig.get().mode.name == "MULTIRUN":
+            raise
+        sys.exit(2)
+    return metrics.get("optimized_value")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Helpers shared by the entry points: run artifacts, plots, trainer set-up."""

@@ -1,0 +1,42 @@
+"""The files a run leaves in its directory: metrics.json (history.json comes from RunHistory)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def model_size(model: nn.Module) -> tuple[int, float]:
+    """(number of parameters, size in MB of parameters + buffers as stored)."""
+    params = sum(p.numel() for p in model.parameters())
+    size = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    return params, size / 1024**2
+
+
+def best_epoch_summary(history: dict[str, Any], monitor_key: str = "valid_acc", mode: str = "max") -> dict[str, Any]:
+    """The epoch where ``monitor_key`` was best, and the train/valid values of that epoch."""
+    values = history.get(monitor_key) or []
+    scored = [(v, i) for i, v in enumerate(values) if v is not None and math.isfinite(v)]
+    if not scored:
+        return {}
+    _, i = max(scored) if mode == "max" else min(scored)
+    summary = {"best_epoch": history["epoch"][i]}
+    for key in ("valid_acc", "valid_loss", "valid_f1", "train_acc", "train_loss", "train_f1"):
+        if history.get(key):
+            summary[key] = history[key][i]
+    return summary
+
+
+def to_float(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.item()
+    return value
+
+
+def write_json(path: str | Path, payload: dict[str, Any]) -> None:
+    Path(path).write_text(json.dumps(payload, indent=2, default=to_float))

@@ -1,0 +1,40 @@
+"""Trainer set-up that the config alone cannot express: precision fallback, hardware detection."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+log = logging.getLogger(__name__)
+
+_HALF = {"16", "16-mixed", "16-true"}
+_BF16 = {"bf16", "bf16-mixed"}
+
+
+def uses_gpu(accelerator: str | None) -> bool:
+    """Whether Lightning will train on a CUDA GPU with this ``trainer.accelerator``."""
+    accelerator = str(accelerator or "auto").lower()
+    if accelerator in ("gpu", "cuda"):
+        return True
+    return accelerator == "auto" and torch.cuda.is_available()
+
+
+def resolve_precision(precision: str | int | None, accelerator: str | None) -> str | int | None:
+    """Map ``trainer.precision`` to what the device can run.
+
+    fp16 autocast needs a GPU: on a CPU, ``16``/``16-mixed`` becomes ``bf16-mixed`` with one line
+    saying so (Lightning would otherwise print a wall of warnings and do the same). ``bf16``
+    becomes ``bf16-mixed``.
+    """
+    if precision is None:
+        return None
+    text = str(precision).lower()
+    if text in _BF16:
+        return "bf16-mixed"
+    if text in _HALF and not uses_gpu(accelerator):
+        log.warning("trainer.precision=%s needs a GPU; training on CPU with bf16-mixed instead", precision)
+        return "bf16-mixed"
+    if text == "16":
+        return "16-mixed"
+    return precision
