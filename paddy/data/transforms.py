@@ -1,0 +1,45 @@
+"""Albumentations pipelines declared as data.
+
+A pipeline is a mapping ``{TransformName: {kwargs}}`` in order (YAML keeps the order), e.g.::
+
+    train:
+      RandomResizedCrop: {size: [224, 224], scale: [0.5, 1.0]}
+      HorizontalFlip: {p: 0.5}
+    eval:
+      Resize: {height: 224, width: 224}
+
+Names are albumentations classes. A ``null`` entry is switched off, so one transform can be dropped
+from the CLI (``data.transforms.train.HorizontalFlip=null``); ``Name#2`` repeats a transform.
+Normalisation with ``data.mean``/``data.std`` and the conversion to a CHW float tensor are appended
+to every pipeline, so train and eval are always normalised the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import albumentations as A
+from albumentations.pytorch import ToTensorV2
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def build_transform(spec: Mapping[str, Mapping | None] | None, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> A.Compose:
+    """Build an ``A.Compose`` from ``spec`` followed by ``Normalize(mean, std)`` and ``ToTensorV2``."""
+    steps = []
+    for key, kwargs in (spec or {}).items():
+        if kwargs is None or kwargs is False:
+            continue
+        name = str(key).split("#", 1)[0]
+        cls = getattr(A, name, None)
+        if not (isinstance(cls, type) and issubclass(cls, A.BasicTransform | A.BaseCompose)):
+            raise ValueError(f"unknown transform {name!r} in data.transforms (expected an albumentations "
+                             f"class name such as RandomResizedCrop, HorizontalFlip, ColorJitter, Resize)")
+        options = dict(kwargs) if kwargs is not True else {}
+        try:
+            steps.append(cls(**options))
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"data.transforms: {name}({options}) is invalid: {err}") from err
+    steps += [A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0), ToTensorV2()]
+    return A.Compose(steps)

@@ -1,0 +1,1 @@
+"""Lightning tasks (the LightningModule), their optimizers, schedules and callbacks."""
