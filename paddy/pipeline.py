@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 import warnings
@@ -128,8 +129,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     best_path = checkpoint.best_model_path if checkpoint is not None else ""
     test_metrics: dict[str, float] = {}
     if cfg.get("test", True) and datamodule.has_split("test"):
+        # Loading the best checkpoint for testing also restores callback state (an older history).
+        finished_history = copy.deepcopy(history.history)
         results = trainer.test(task, datamodule=datamodule, ckpt_path=best_path or None, verbose=False)
         test_metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+        history.history = finished_history
 
     summary = best_epoch_summary(history.history)
     metrics = {

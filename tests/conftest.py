@@ -35,7 +35,7 @@ TINY = [
     "trainer.max_epochs=2",
     "trainer.log_every_n_steps=1",
     "trainer.num_sanity_val_steps=0",
-    "~callbacks.rich_progress_bar",
+    "++callbacks.rich_progress_bar=null",
 ]
 
 

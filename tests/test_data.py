@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import CLASSES, PER_CLASS, write_image, write_metadata_layout
+
 from paddy.data import (
     DataSourceError,
     DataValidationError,
