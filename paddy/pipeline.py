@@ -45,21 +45,20 @@ class _DropAdverts(logging.Filter):
 
 
 def _quiet_logging() -> None:
-    """One line per message: Lightning adds its own console handler next to Hydra's; drop it when
-    the root logger already prints (and drop Lightning's product tips)."""
+    """One line per message: Lightning and torchmetrics add console handlers of their own next to
+    Hydra's; drop them when the root logger already prints (and drop Lightning's product tips)."""
     for pattern in _QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
-    root_prints = logging.getLogger().hasHandlers()
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning_fabric", "pytorch_lightning"):
-        logger = logging.getLogger(name)
-        if root_prints:
+    if logging.getLogger().hasHandlers():
+        for name in ("lightning", "lightning.pytorch", "lightning.fabric", "torchmetrics"):
+            logger = logging.getLogger(name)
             for handler in list(logger.handlers):
-                if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                if type(handler) is logging.StreamHandler:
                     logger.removeHandler(handler)
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
         if not any(isinstance(f, _DropAdverts) for f in logger.filters):
             logger.addFilter(_DropAdverts())
-    for logger_name in ("lightning.pytorch.utilities.rank_zero",):
-        logging.getLogger(logger_name).addFilter(_DropAdverts())
 
 
 def _instantiate_all(group: DictConfig | None) -> list[Any]:

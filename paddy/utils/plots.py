@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def _series(history: dict[str, Any], key: str) -> tuple[list, list]:
@@ -28,6 +29,7 @@ def plot_history(history: dict[str, Any], path: str | Path) -> None:
                 ax.plot(x, y, style, label=label, markersize=3)
         ax.set_title(title)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend()
     ax = axes.flat[3]
@@ -35,6 +37,7 @@ def plot_history(history: dict[str, Any], path: str | Path) -> None:
         ax.plot([e + 1 for e in history["epoch"][: len(values)]], values, "o-", label=name, markersize=3)
     ax.set_title("Learning rate (end of epoch)")
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
     if history.get("learning_rates_by_group"):
