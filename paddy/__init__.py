@@ -6,3 +6,12 @@ import os
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # paddy.create_model / paddy.list_models without importing torch at `import paddy`.
+    if name in ("create_model", "list_models"):
+        from paddy.models import zoo
+
+        return getattr(zoo, name)
+    raise AttributeError(f"module 'paddy' has no attribute {name!r}")

@@ -9,10 +9,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from paddy.config import instantiate
 from paddy.data.datamodule import ImageDataModule
-from paddy.models.classifier import build_classifier
+from paddy.models.factory import build_model
 from paddy.tasks.callbacks import RunHistory
 from paddy.tasks.classification import ClassificationTask
 from paddy.utils.artifacts import best_epoch_summary, model_size, write_json
@@ -61,17 +63,22 @@ def _quiet_logging() -> None:
             logger.addFilter(_DropAdverts())
 
 
+@contextlib.contextmanager
+def _logs_muted(name: str) -> Iterator[None]:
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _instantiate_all(group: DictConfig | None) -> list[Any]:
     """Instantiate every ``_target_`` entry of a group (``callbacks``, ``logger``); skip nulls."""
     if not group:
         return []
     return [instantiate(node) for node in group.values() if node is not None and "_target_" in node]
-
-
-def _check_attention(cfg: DictConfig) -> None:
-    name = cfg.get("attention", {}).get("name", "none") if cfg.get("attention") else "none"
-    if name not in (None, "none"):
-        raise ValueError(f"attention={name!r} is not available yet (conf/attention has: none)")
 
 
 def build_datamodule(cfg: DictConfig) -> ImageDataModule:
@@ -92,17 +99,22 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     output_dir.mkdir(parents=True, exist_ok=True)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True, verbose=False)
-    _check_attention(cfg)
+    backbone_cfg = OmegaConf.to_container(cfg.backbone, resolve=True)
+    attention_cfg = OmegaConf.to_container(cfg.attention, resolve=True)
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    # Build once with a stand-in class count: a bad model config (or a missing weights file, or
+    # pretrained weights that cannot be had) fails before any data is read.
+    with _logs_muted("paddy.models"):
+        build_model(2, backbone_cfg, attention_cfg, model_cfg)
 
     log.info("Data: %s", cfg.data.source._target_.rsplit(".", 1)[-1])
     datamodule = build_datamodule(cfg)
 
-    backbone_cfg = OmegaConf.to_container(cfg.backbone, resolve=True)
-    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    net = build_classifier(datamodule.num_classes, backbone=backbone_cfg, head=model_cfg.get("head"))
+    net = build_model(datamodule.num_classes, backbone_cfg, attention_cfg, model_cfg)
+    datamodule.request_features(getattr(net, "input_features", ()), model_cfg)
     num_params, size_mb = model_size(net)
-    log.info("Model: %s (%.2f M parameters) for %d classes", model_cfg.get("name"), num_params / 1e6,
-             datamodule.num_classes)
+    log.info("Model: %s = %s + attention %s (%.2f M parameters) for %d classes", model_cfg.get("name"),
+             backbone_cfg["name"], attention_cfg.get("name", "none"), num_params / 1e6, datamodule.num_classes)
     task = ClassificationTask(
         net, datamodule.num_classes,
         optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
@@ -138,6 +150,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     metrics = {
         "model_name": model_cfg.get("name"),
         "backbone": backbone_cfg.get("name"),
+        "attention": attention_cfg.get("name", "none"),
         "dataset": datamodule.index.name if datamodule.index else None,
         "num_classes": datamodule.num_classes,
         "classes": list(datamodule.classes),

@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from paddy.models import ClassifierHead, PretrainedWeightsError, build_classifier, create_backbone
+from paddy.models import ClassifierHead, PretrainedWeightsError, build_model, create_backbone
 from paddy.tasks.optim import cosine_with_warmup, create_optimizer, create_scheduler
 
 TINY = {"name": "test_resnet", "pretrained": False, "pretrained_file": None, "drop_path_rate": 0.0}
 
 
 def test_classifier_shapes_and_groups():
-    model = build_classifier(5, backbone=TINY, head={"dropout": 0.1})
+    model = build_model(5, TINY, model={"head": {"dropout": 0.1}})
     logits = model(torch.randn(2, 3, 32, 32))
     assert logits.shape == (2, 5)
     n_backbone, n_head = len(model.backbone_parameters()), len(model.head_parameters())
@@ -48,8 +48,8 @@ def test_pretrained_file_loads_and_a_wrong_one_is_refused(tmp_path: Path):
     with torch.no_grad():
         for p in source.parameters():
             p.add_(0.5)
-    # A Lightning-style checkpoint with a classifier, as users often have.
-    state = {f"model.backbone.{k}": v for k, v in source.state_dict().items()}
+    # A DataParallel-style state dict wrapped in a checkpoint, as users often have.
+    state = {f"module.{k}": v for k, v in source.state_dict().items()}
     torch.save({"state_dict": state}, tmp_path / "weights.pth")
     target = create_backbone("test_resnet", pretrained_file=str(tmp_path / "weights.pth"))
     for (name, a), b in zip(source.state_dict().items(), target.state_dict().values()):
@@ -71,7 +71,7 @@ def test_safetensors_weights_file(tmp_path: Path):
 
 
 def test_optimizer_groups_backbone_and_head_lr_no_decay_on_norms():
-    model = build_classifier(3, backbone=TINY)
+    model = build_model(3, TINY)
     optimizer = create_optimizer(model, "adamw", lr=1e-4, head_lr=1e-3, weight_decay=0.05)
     groups = {g["name"]: g for g in optimizer.param_groups}
     assert groups["backbone"]["lr"] == 1e-4 and groups["head"]["lr"] == 1e-3

@@ -31,21 +31,31 @@ BAD_IMAGE_POLICIES = ("error", "skip")
 
 
 class ImageDataset(Dataset):
-    """Samples ``(image tensor, label)`` of one split, read through the index's reader."""
+    """Samples of one split, read through the index's reader.
 
-    def __init__(self, index: SourceIndex, transform: Callable | None):
+    A sample is ``(image tensor, label)``; with ``features`` (name -> extractor of the decoded,
+    un-augmented image, e.g. DCT coefficients) it is ``({"images": tensor, name: tensor, ...}, label)``
+    and the model is called as ``model(**inputs)``.
+    """
+
+    def __init__(self, index: SourceIndex, transform: Callable | None,
+                 features: Mapping[str, Callable[[np.ndarray], np.ndarray]] | None = None):
         self.reader = index.reader
         self.labels = index.labels
         self.items = index.items
         self.transform = transform
+        self.features = dict(features or {})
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor | dict[str, torch.Tensor], int]:
         image = self.reader(i)
+        extras = {name: torch.from_numpy(extract(image)) for name, extract in self.features.items()}
         if self.transform is not None:
             image = self.transform(image=image)["image"]
+        if extras:
+            return {"images": image, **extras}, int(self.labels[i])
         return image, int(self.labels[i])
 
 
@@ -120,6 +130,7 @@ class ImageDataModule(LightningDataModule):
             self.cache_dir = None
         else:
             self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+        self.features: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
         self.index: SourceIndex | None = None
         self.split_indices: dict[str, SourceIndex] = {}
         self.skipped: list[DataProblem] = []
@@ -217,11 +228,27 @@ class ImageDataModule(LightningDataModule):
 
     # ------------------------------------------------------------------ loaders
 
+    def request_features(self, names: tuple[str, ...] | list[str], options: Mapping | None = None) -> None:
+        """Compute these per-sample features (see :mod:`paddy.data.features`) for the model.
+
+        ``options[name]`` are the extractor's arguments (e.g. ``model.dct = {block: 32, size: 64}``).
+        """
+        from paddy.data.features import FEATURE_EXTRACTORS
+
+        self.features = {}
+        for name in names:
+            if name not in FEATURE_EXTRACTORS:
+                raise ValueError(f"the model asks for unknown input feature {name!r} "
+                                 f"(available: {', '.join(FEATURE_EXTRACTORS)})")
+            kwargs = {k: v for k, v in dict((options or {}).get(name) or {}).items()
+                      if k in ("block", "size", "normalize")}
+            self.features[name] = FEATURE_EXTRACTORS[name](**kwargs)
+
     def dataset(self, split: str) -> ImageDataset:
         if split not in self.split_indices:
             raise ValueError(f"{self._where()} has no {split} split (it has: {', '.join(self.split_indices)})")
         transform = self.train_transform if split == "train" else self.eval_transform
-        return ImageDataset(self.split_indices[split], transform)
+        return ImageDataset(self.split_indices[split], transform, self.features)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         dataset = self.dataset(split)

@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import nn
-
-from paddy.models.backbone import create_backbone, feature_channels
-from paddy.models.heads import ClassifierHead
 
 
 class ImageClassifier(nn.Module):
@@ -35,20 +30,3 @@ class ImageClassifier(nn.Module):
 
     def head_parameters(self) -> list[nn.Parameter]:
         return list(self.attention.parameters()) + list(self.head.parameters())
-
-
-def build_classifier(num_classes: int, backbone: dict, head: dict | None = None) -> ImageClassifier:
-    """Build an :class:`ImageClassifier` from plain config dicts (``cfg.backbone``, ``cfg.model.head``).
-
-    ``backbone`` holds ``name``, ``pretrained``, ``pretrained_file``, ``drop_path_rate`` and any
-    extra timm keyword arguments under ``kwargs``.
-    """
-    options = dict(backbone)
-    name = options.pop("name")
-    extra = dict(options.pop("kwargs", None) or {})
-    net = create_backbone(name, pretrained=options.get("pretrained", False),
-                          pretrained_file=options.get("pretrained_file"),
-                          drop_path_rate=options.get("drop_path_rate", 0.0), **extra)
-    head_options = dict(head or {})
-    hidden: Sequence[int] = head_options.pop("hidden", None) or ()
-    return ImageClassifier(net, ClassifierHead(feature_channels(net), num_classes, hidden=hidden, **head_options))

@@ -55,12 +55,13 @@ class ClassificationTask(LightningModule):
         self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
         self.val_acc_best, self.val_f1_best = MaxMetric(), MaxMetric()
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(images)
+    def forward(self, inputs: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
+        # Models with extra inputs (DCT features, ...) get a dict: model(images=..., dct=...).
+        return self.model(**inputs) if isinstance(inputs, dict) else self.model(inputs)
 
-    def _shared_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        images, labels = batch
-        logits = self(images)
+    def _shared_step(self, batch: tuple[Any, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        inputs, labels = batch
+        logits = self(inputs)
         return self.criterion(logits, labels), logits, labels
 
     def on_train_start(self) -> None:
@@ -68,7 +69,7 @@ class ClassificationTask(LightningModule):
         self.val_acc_best.reset()
         self.val_f1_best.reset()
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: tuple[Any, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, logits, labels = self._shared_step(batch)
         self.train_loss(loss.detach())
         self.train_metrics.update(logits.detach(), labels)
@@ -76,7 +77,7 @@ class ClassificationTask(LightningModule):
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True, prog_bar=True)
         return loss
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: tuple[Any, torch.Tensor], batch_idx: int) -> None:
         loss, logits, labels = self._shared_step(batch)
         self.val_loss(loss)
         self.val_metrics.update(logits, labels)
@@ -90,7 +91,7 @@ class ClassificationTask(LightningModule):
         self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
         self.log("val/f1_best", self.val_f1_best.compute())
 
-    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+    def test_step(self, batch: tuple[Any, torch.Tensor], batch_idx: int) -> None:
         loss, logits, labels = self._shared_step(batch)
         self.test_loss(loss)
         self.test_metrics.update(logits, labels)

@@ -63,10 +63,6 @@ def create_attention(name: str, channels: int, **knobs: object) -> nn.Module:
         if key not in accepted:
             has = f"it has: {', '.join(accepted)}" if accepted else "it has no knobs"
             raise ValueError(f"attention {name!r} has no knob {key!r} ({has})")
-    reduction = given.get("reduction")
-    if isinstance(reduction, int) and reduction > channels:
-        raise ValueError(f"attention {name!r}: reduction={reduction} is larger than the {channels} channels it "
-                         f"would act on (choose reduction <= {channels})")
     if block is nn.Identity:
         return nn.Identity()
     return block(channels, **given)
