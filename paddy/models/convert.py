@@ -28,7 +28,8 @@ def convert_by_order(source: dict[str, torch.Tensor], target: dict[str, torch.Te
     src = [(k, v) for k, v in source.items() if not k.endswith("num_batches_tracked")]
     dst = [(k, v) for k, v in target.items() if not k.endswith("num_batches_tracked")]
     if len(src) != len(dst):
-        raise PretrainedWeightsError(f"the file has {len(src)} tensors, the model {len(dst)}: not the same architecture")
+        raise PretrainedWeightsError(f"the file has {len(src)} tensors, the model {len(dst)}: "
+                                     f"not the same architecture")
     result = {}
     for (src_key, src_value), (dst_key, dst_value) in zip(src, dst):
         if src_value.shape != dst_value.shape:
