@@ -19,7 +19,7 @@ install:
 data:
 	$(BIN)/python -m paddy.data.download fashion_mnist
 
-test:
+test: lint
 	$(BIN)/python -m pytest
 
 # Includes the tests marked slow (a full default training run and similar).

@@ -24,7 +24,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from paddy.config import instantiate
 from paddy.data.datamodule import ImageDataModule
-from paddy.models.factory import build_model
+from paddy.models.backbone import PretrainedWeightsError
+from paddy.models.factory import ModelConfigError, build_model
 from paddy.tasks.callbacks import RunHistory
 from paddy.tasks.classification import ClassificationTask
 from paddy.utils.artifacts import best_epoch_summary, model_size, write_json
@@ -105,7 +106,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # Build once with a stand-in class count: a bad model config (or a missing weights file, or
     # pretrained weights that cannot be had) fails before any data is read.
     with _logs_muted("paddy.models"):
-        build_model(2, backbone_cfg, attention_cfg, model_cfg)
+        try:
+            build_model(2, backbone_cfg, attention_cfg, model_cfg)
+        except ValueError as err:
+            if isinstance(err, PretrainedWeightsError):
+                raise
+            raise ModelConfigError(f"model config: {err}") from err
 
     log.info("Data: %s", cfg.data.source._target_.rsplit(".", 1)[-1])
     datamodule = build_datamodule(cfg)

@@ -19,12 +19,13 @@ log = logging.getLogger("paddy")
 def main(cfg: DictConfig) -> float | None:
     from paddy.data.errors import DataSourceError, DataValidationError
     from paddy.models.backbone import PretrainedWeightsError
+    from paddy.models.factory import ModelConfigError
     from paddy.pipeline import train
 
     try:
         metrics = train(cfg)
-    except (DataSourceError, DataValidationError, PretrainedWeightsError) as err:
-        # Bad input: one clear message and a non-zero exit, not a traceback.
+    except (DataSourceError, DataValidationError, PretrainedWeightsError, ModelConfigError) as err:
+        # Bad input or config: one clear message and a non-zero exit, not a traceback.
         log.error("%s", err)
         if HydraConfig.get().mode.name == "MULTIRUN":
             raise

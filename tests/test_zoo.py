@@ -97,7 +97,7 @@ def test_blocks_placement_without_slots_is_refused():
 def test_self_attention_presets_run_at_several_input_sizes(preset: str):
     model = paddy.create_model(preset, num_classes=3).eval()
     with torch.no_grad():
-        for size in (64, 128, 160):
+        for size in (64, 224, 512):
             assert model(torch.randn(1, 3, size, size)).shape == (1, 3)
 
 
@@ -203,3 +203,13 @@ def test_convert_a_renamed_weights_file_by_order(tmp_path: Path):
     with torch.no_grad():
         assert torch.allclose(model(x), reference(x), atol=1e-5)
     assert convert([str(tmp_path / "foreign.pth"), str(tmp_path / "x.safetensors"), "--backbone", "test_resnet"]) == 1
+
+
+def test_bad_model_config_stops_the_cli_before_reading_data(tmp_path: Path):
+    from test_train import run_cli
+
+    result = run_cli("model=mnv3s_bot", "attention.heads=7", "data=paddy", f"data.root={tmp_path / 'absent'}",
+                     cwd=tmp_path)
+    assert result.returncode == 2
+    output = result.stdout + result.stderr
+    assert "not divisible by heads=7" in output and "absent" not in output and "Traceback" not in output

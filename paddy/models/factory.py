@@ -28,6 +28,11 @@ from paddy.models.heads import ClassifierHead
 log = logging.getLogger(__name__)
 
 PLACEMENTS = ("head", "blocks")
+
+
+class ModelConfigError(ValueError):
+    """``cfg.backbone`` / ``cfg.attention`` / ``cfg.model`` describe a network that cannot be built."""
+
 MODEL_KINDS = ("classifier", "dct_fusion")
 # The timm modules whose models take attention inside their blocks, and the keyword that does it.
 _SE_SLOT_FAMILIES = ("efficientnet", "mobilenetv3")
@@ -205,5 +210,5 @@ def gflops(module: nn.Module, image_size: int = 224, extra_inputs: dict | None =
     return counter.get_total_flops() / 1e9
 
 
-__all__ = ["MODEL_KINDS", "PLACEMENTS", "backbone_family", "build_model", "count_parameters", "gflops",
-           "split_attention"]
+__all__ = ["MODEL_KINDS", "PLACEMENTS", "ModelConfigError", "backbone_family", "build_model", "count_parameters",
+           "gflops", "split_attention"]
