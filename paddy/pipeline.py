@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
@@ -28,7 +29,10 @@ from paddy.models.backbone import PretrainedWeightsError
 from paddy.models.factory import ModelConfigError, build_model
 from paddy.tasks.callbacks import RunHistory
 from paddy.tasks.classification import ClassificationTask
-from paddy.utils.artifacts import best_epoch_summary, model_size, write_json
+from paddy.tasks.ema import EMAWeights
+from paddy.tasks.freeze import FreezeSchedule
+from paddy.tasks.guard import NonFiniteLossGuard
+from paddy.utils.artifacts import best_epoch_summary, measure_throughput, model_size, write_json
 from paddy.utils.runtime import resolve_precision
 
 log = logging.getLogger("paddy")
@@ -45,6 +49,10 @@ _QUIET_WARNINGS = (
 class _DropAdverts(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return "litlogger" not in record.getMessage()
+
+
+class RunConfigError(ValueError):
+    """A top-level run setting (``ckpt_path``, ``resume``, ...) that cannot be honoured."""
 
 
 def _quiet_logging() -> None:
@@ -82,9 +90,28 @@ def _instantiate_all(group: DictConfig | None) -> list[Any]:
     return [instantiate(node) for node in group.values() if node is not None and "_target_" in node]
 
 
+def recipe_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    """The callbacks that top-level keys switch on: ``freeze``, ``ema``, ``trainer_guard``."""
+    callbacks: list[L.Callback] = []
+    freeze = cfg.get("freeze") or {}
+    if freeze.get("backbone"):
+        callbacks.append(FreezeSchedule(backbone=True, unfreeze_epoch=freeze.get("unfreeze_epoch"),
+                                        unfreeze_all_epoch=freeze.get("unfreeze_all_epoch"),
+                                        last_stages=int(freeze.get("last_stages", 1))))
+    ema = cfg.get("ema") or {}
+    if ema.get("enabled"):
+        callbacks.append(EMAWeights(decay=float(ema.get("decay", 0.999))))
+    guard = cfg.get("trainer_guard") or {}
+    if guard.get("enabled", True):
+        callbacks.append(NonFiniteLossGuard(max_bad_steps=int(guard.get("max_bad_steps", 5))))
+    return callbacks
+
+
 def build_datamodule(cfg: DictConfig) -> ImageDataModule:
     """Instantiate ``cfg.data`` and run its setup (index + verify + split)."""
     datamodule = instantiate(cfg.data, _convert_="all")
+    if cfg.get("seed") is not None:
+        datamodule.shuffle_seed = int(cfg.seed)
     datamodule.setup("fit")
     return datamodule
 
@@ -128,18 +155,28 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         label_smoothing=model_cfg.get("label_smoothing", 0.0),
         class_names=list(datamodule.classes),
         config=OmegaConf.to_container(cfg, resolve=True),
+        channels_last=bool(model_cfg.get("channels_last", False)),
+        mixup=OmegaConf.to_container(cfg.mixup, resolve=True) if cfg.get("mixup") else None,
     )
 
+    if model_cfg.get("channels_last"):
+        task.model.to(memory_format=torch.channels_last)
+    if model_cfg.get("compile"):
+        # In place (nn.Module.compile): state-dict keys and checkpoints stay those of the plain model.
+        log.info("model.compile=true: torch.compile of the network (the first steps take a while to compile)")
+        task.model.compile()
+
     history = RunHistory(output_dir)
-    callbacks = _instantiate_all(cfg.get("callbacks")) + [history]
+    callbacks = _instantiate_all(cfg.get("callbacks")) + recipe_callbacks(cfg) + [history]
     loggers = _instantiate_all(cfg.get("logger"))
     trainer_options = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_options["precision"] = resolve_precision(trainer_options.get("precision"),
                                                      trainer_options.get("accelerator"))
     trainer = L.Trainer(**trainer_options, callbacks=callbacks, logger=loggers or False)
 
+    ckpt_path = resolve_resume(cfg.get("ckpt_path"), cfg.get("resume"), output_dir)
     log.info("Training for at most %s epochs; run directory: %s", trainer.max_epochs, output_dir)
-    trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
     fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
     checkpoint = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
@@ -152,6 +189,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         test_metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
         history.history = finished_history
 
+    fps = None
+    if datamodule.has_split("val") and trainer.is_global_zero:
+        fps = measure_throughput(task.model, datamodule.val_dataloader(), trainer.strategy.root_device)
     summary = best_epoch_summary(history.history)
     metrics = {
         "model_name": model_cfg.get("name"),
@@ -166,6 +206,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "val_f1_best": fit_metrics.get("val/f1_best"),
         "epochs_run": len(history.history["epoch"]),
         "epoch_times": history.history["epoch_time"],
+        "fps": fps,
         "num_params": num_params,
         "size_mb": round(size_mb, 3),
         "ckpt_path": best_path or None,
@@ -178,6 +219,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if test_metrics:
         metrics.update({"test_acc": test_metrics.get("test/acc"), "test_loss": test_metrics.get("test/loss"),
                         "test_f1": test_metrics.get("test/f1")})
+    for key in ("precision_macro", "recall_macro", "f1_weighted", "precision_weighted", "recall_weighted"):
+        if f"test/{key}" in test_metrics:
+            metrics[f"test_{key}"] = test_metrics[f"test/{key}"]
+    # "val": the last validation epoch; "test": the best checkpoint on the test split.
+    metrics["confusion_matrix"] = {s: m.tolist() for s, m in task.last_confusion.items()}
+    metrics["f1_per_class"] = {s: dict(zip(metrics["classes"], v.tolist())) for s, v in task.last_f1_class.items()}
     metrics["optimized_metric"] = cfg.get("optimized_metric")
     metrics["optimized_value"] = _metric_value(cfg.get("optimized_metric"), {**fit_metrics, **test_metrics})
     if trainer.is_global_zero:
@@ -186,6 +233,25 @@ def train(cfg: DictConfig) -> dict[str, Any]:
              metrics["total_time_s"], _fmt(metrics.get("valid_acc")), metrics.get("best_epoch"),
              _fmt(metrics.get("test_acc")), output_dir)
     return metrics
+
+
+def resolve_resume(ckpt_path: str | None, resume: str | None, output_dir: Path) -> str | None:
+    """``ckpt_path`` if given; with ``resume=auto`` the run directory's ``checkpoints/last.ckpt``
+    when it exists (a re-run of the same command with the same run dir continues), else None."""
+    if ckpt_path:
+        if not Path(ckpt_path).is_file():
+            raise RunConfigError(f"ckpt_path={ckpt_path} does not exist")
+        return str(ckpt_path)
+    if resume in (None, False, "never", "none"):
+        return None
+    if resume != "auto":
+        raise RunConfigError(f"resume={resume!r} (expected auto or null)")
+    last = output_dir / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        log.info("resume=auto: continuing from %s", last)
+        return str(last)
+    log.info("resume=auto: no %s yet, starting a new run", last)
+    return None
 
 
 def _metric_value(name: str | None, values: dict[str, float]) -> float | None:
@@ -204,4 +270,4 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-__all__ = ["build_datamodule", "train"]
+__all__ = ["RunConfigError", "build_datamodule", "resolve_resume", "train"]

@@ -20,16 +20,23 @@ def main(cfg: DictConfig) -> float | None:
     from paddy.data.errors import DataSourceError, DataValidationError
     from paddy.models.backbone import PretrainedWeightsError
     from paddy.models.factory import ModelConfigError
-    from paddy.pipeline import train
+    from paddy.pipeline import RunConfigError, train
+    from paddy.tasks.guard import NonFiniteLossError
 
     try:
         metrics = train(cfg)
-    except (DataSourceError, DataValidationError, PretrainedWeightsError, ModelConfigError) as err:
+    except (DataSourceError, DataValidationError, PretrainedWeightsError, ModelConfigError, RunConfigError) as err:
         # Bad input or config: one clear message and a non-zero exit, not a traceback.
         log.error("%s", err)
         if HydraConfig.get().mode.name == "MULTIRUN":
             raise
         sys.exit(2)
+    except NonFiniteLossError as err:
+        # Diverged: one line; the checkpoints written so far stay. A sweep records a failed trial.
+        log.error("%s", err)
+        if HydraConfig.get().mode.name == "MULTIRUN":
+            raise
+        sys.exit(3)
     return metrics.get("optimized_value")
 
 

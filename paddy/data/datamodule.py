@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
 from lightning import LightningDataModule
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from paddy.data.errors import DataProblem, DataValidationError, summarize_problems
 from paddy.data.sources import SPLITS, ImageSource, SourceIndex
@@ -57,6 +57,27 @@ class ImageDataset(Dataset):
         if extras:
             return {"images": image, **extras}, int(self.labels[i])
         return image, int(self.labels[i])
+
+
+class EpochSeededSampler(Sampler[int]):
+    """Shuffles ``n`` indices with a permutation drawn from ``seed + epoch``.
+
+    Lightning calls :meth:`set_epoch` before every epoch, so epoch ``k`` sees the same order whether
+    the run went straight through or was resumed from a checkpoint (a global RNG would differ).
+    """
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.n, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.n
 
 
 class ImageDataModule(LightningDataModule):
@@ -123,6 +144,7 @@ class ImageDataModule(LightningDataModule):
         self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
         self.limits = {"train": train_limit, "val": valid_limit, "test": test_limit}
         self.on_bad_image = on_bad_image
+        self.mean, self.std = tuple(mean), tuple(std)
         transforms = dict(transforms or {})
         self.train_transform = build_transform(transforms.get("train"), mean, std)
         self.eval_transform = build_transform(transforms.get("eval"), mean, std)
@@ -131,6 +153,8 @@ class ImageDataModule(LightningDataModule):
         else:
             self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         self.features: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
+        # The training order per epoch: from the run's seed (set by the pipeline) or split_seed.
+        self.shuffle_seed = int(split_seed)
         self.index: SourceIndex | None = None
         self.split_indices: dict[str, SourceIndex] = {}
         self.skipped: list[DataProblem] = []
@@ -253,8 +277,9 @@ class ImageDataModule(LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         dataset = self.dataset(split)
         batch = self.batch_size if split == "train" else self.eval_batch_size
+        sampler = EpochSeededSampler(len(dataset), self.shuffle_seed) if shuffle else None
         return DataLoader(
-            dataset, batch_size=batch, shuffle=shuffle, num_workers=self.num_workers,
+            dataset, batch_size=batch, sampler=sampler, num_workers=self.num_workers,
             pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0,
             drop_last=shuffle and len(dataset) > batch,
         )

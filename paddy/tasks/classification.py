@@ -14,20 +14,23 @@ import torch
 from lightning import LightningModule
 from torch import nn
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
+from paddy.tasks.metrics import class_metrics, class_tag_names, scalar_metrics
 from paddy.tasks.optim import create_optimizer, create_scheduler
 
-
-def classification_metrics(num_classes: int) -> MetricCollection:
-    return MetricCollection({
-        "acc": MulticlassAccuracy(num_classes=num_classes, average="micro"),
-        "f1": MulticlassF1Score(num_classes=num_classes, average="macro"),
-    })
+# Shown in the progress bar (the other scalars go to the loggers only).
+_PROG_BAR_SCALARS = ("acc", "f1")
 
 
 class ClassificationTask(LightningModule):
     """Cross-entropy training of ``model`` with accuracy and macro-F1 on every split.
+
+    Logged metrics (see :mod:`paddy.tasks.metrics`): ``train/loss|acc|f1`` (``f1`` = macro F1);
+    ``val/`` and ``test/``: ``loss``, ``acc``, ``f1``, ``precision_macro``, ``recall_macro``,
+    ``f1_weighted``, ``precision_weighted``, ``recall_weighted`` and ``f1_class/<class name>``;
+    ``val/acc_best`` and ``val/f1_best``. After each validation/test epoch, :attr:`last_confusion`
+    holds that split's confusion matrix (CPU ``int64``, rows = true class, columns = predicted) and
+    :attr:`last_f1_class` its per-class F1 (CPU ``float32``).
 
     Args:
         model: any ``nn.Module`` mapping ``B x 3 x H x W`` images to ``B x num_classes`` logits (an
@@ -43,34 +46,53 @@ class ClassificationTask(LightningModule):
 
     def __init__(self, model: nn.Module, num_classes: int, optimizer: dict | None = None,
                  scheduler: dict | None = None, label_smoothing: float = 0.0,
-                 class_names: list[str] | None = None, config: dict | None = None):
+                 class_names: list[str] | None = None, config: dict | None = None, channels_last: bool = False,
+                 mixup: dict | None = None):
         super().__init__()
         self.save_hyperparameters(ignore=["model"])
         self.model = model
+        self.channels_last = channels_last
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-        metrics = classification_metrics(num_classes)
-        self.train_metrics = metrics.clone(prefix="train/")
-        self.val_metrics = metrics.clone(prefix="val/")
-        self.test_metrics = metrics.clone(prefix="test/")
+        self.mixup = _create_mixup(mixup, num_classes, label_smoothing)
+        self.train_metrics = scalar_metrics(num_classes, "train")
+        self.val_metrics = scalar_metrics(num_classes, "val")
+        self.test_metrics = scalar_metrics(num_classes, "test")
+        self.val_class_metrics = class_metrics(num_classes, "val")
+        self.test_class_metrics = class_metrics(num_classes, "test")
+        self.class_tags = class_tag_names(class_names, num_classes)
+        self.last_confusion: dict[str, torch.Tensor] = {}
+        self.last_f1_class: dict[str, torch.Tensor] = {}
         self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
         self.val_acc_best, self.val_f1_best = MaxMetric(), MaxMetric()
+        # Best-so-far values travel in checkpoints, so a resumed run keeps its record.
+        self.val_acc_best.persistent(True)
+        self.val_f1_best.persistent(True)
 
     def forward(self, inputs: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
         # Models with extra inputs (DCT features, ...) get a dict: model(images=..., dct=...).
-        return self.model(**inputs) if isinstance(inputs, dict) else self.model(inputs)
+        if isinstance(inputs, dict):
+            if self.channels_last:
+                inputs = {**inputs, "images": inputs["images"].contiguous(memory_format=torch.channels_last)}
+            return self.model(**inputs)
+        if self.channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        return self.model(inputs)
 
     def _shared_step(self, batch: tuple[Any, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         inputs, labels = batch
         logits = self(inputs)
         return self.criterion(logits, labels), logits, labels
 
-    def on_train_start(self) -> None:
-        # The sanity-check validation must not count towards the best-so-far values.
-        self.val_acc_best.reset()
-        self.val_f1_best.reset()
-
     def training_step(self, batch: tuple[Any, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss, logits, labels = self._shared_step(batch)
+        if self.mixup is not None:
+            inputs, labels = batch
+            if isinstance(inputs, dict):
+                raise ValueError("model.mixup works on image-only models (this model takes extra inputs)")
+            mixed, soft_targets = self.mixup(inputs, labels)
+            logits = self(mixed)
+            loss = torch.sum(-soft_targets * torch.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+        else:
+            loss, logits, labels = self._shared_step(batch)
         self.train_loss(loss.detach())
         self.train_metrics.update(logits.detach(), labels)
         self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
@@ -81,11 +103,14 @@ class ClassificationTask(LightningModule):
         loss, logits, labels = self._shared_step(batch)
         self.val_loss(loss)
         self.val_metrics.update(logits, labels)
+        self.val_class_metrics.update(logits, labels)
         self.log("val/loss", self.val_loss, on_step=False, on_epoch=True, prog_bar=True)
-        self.log_dict(self.val_metrics, on_step=False, on_epoch=True, prog_bar=True)
 
     def on_validation_epoch_end(self) -> None:
-        values = self.val_metrics.compute()
+        values = self._log_epoch_metrics("val", self.val_metrics, self.val_class_metrics)
+        if values is None or self.trainer.sanity_checking:
+            # The sanity-check validation must not count towards the best-so-far values.
+            return
         self.val_acc_best(values["val/acc"])
         self.val_f1_best(values["val/f1"])
         self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
@@ -95,8 +120,33 @@ class ClassificationTask(LightningModule):
         loss, logits, labels = self._shared_step(batch)
         self.test_loss(loss)
         self.test_metrics.update(logits, labels)
+        self.test_class_metrics.update(logits, labels)
         self.log("test/loss", self.test_loss, on_step=False, on_epoch=True)
-        self.log_dict(self.test_metrics, on_step=False, on_epoch=True)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch_metrics("test", self.test_metrics, self.test_class_metrics)
+
+    def _log_epoch_metrics(self, split: str, scalars: MetricCollection,
+                           per_class: MetricCollection) -> dict[str, torch.Tensor] | None:
+        """Compute ``split``'s epoch metrics once, log the scalars and per-class F1, keep the
+        confusion matrix in :attr:`last_confusion`, and reset the states for the next epoch.
+
+        Returns the scalar values, or None when the epoch saw no batch (nothing is logged then).
+        """
+        if not _was_updated(scalars):
+            return None
+        values = scalars.compute()
+        scalars.reset()
+        shown = {f"{split}/{name}" for name in _PROG_BAR_SCALARS}
+        self.log_dict({k: v for k, v in values.items() if k in shown}, prog_bar=True)
+        self.log_dict({k: v for k, v in values.items() if k not in shown})
+        extra = per_class.compute()
+        per_class.reset()
+        f1_class = extra[f"{split}/f1_class"].detach().float()
+        self.log_dict({f"{split}/f1_class/{tag}": f1_class[i] for i, tag in enumerate(self.class_tags)})
+        self.last_f1_class[split] = f1_class.cpu()
+        self.last_confusion[split] = extra[f"{split}/confusion"].detach().to("cpu", torch.int64)
+        return values
 
     def configure_optimizers(self) -> Any:
         options = dict(self.hparams.optimizer or {})
@@ -104,7 +154,27 @@ class ClassificationTask(LightningModule):
         sched_options = dict(self.hparams.scheduler or {"name": "none"})
         total = self.trainer.estimated_stepping_batches if self._trainer is not None else 0
         total = int(total) if total is not None and math.isfinite(total) else 0
-        scheduler = create_scheduler(optimizer, total, **sched_options)
+        epochs = self.trainer.max_epochs if self._trainer is not None else None
+        per_epoch = total // epochs if epochs and epochs > 0 else None
+        scheduler = create_scheduler(optimizer, total, steps_per_epoch=per_epoch, **sched_options)
         if scheduler is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+
+def _was_updated(collection: MetricCollection) -> bool:
+    """Whether ``collection`` saw an ``update`` since its last reset (an empty epoch has none)."""
+    return any(metric.update_called for metric in collection.values(copy_state=False))
+
+
+def _create_mixup(options: dict | None, num_classes: int, label_smoothing: float):
+    """timm's batch Mixup/CutMix (Zhang et al., 2018; Yun et al., 2019), or None when both alphas are 0."""
+    options = dict(options or {})
+    mixup_alpha, cutmix_alpha = float(options.get("mixup_alpha", 0.0)), float(options.get("cutmix_alpha", 0.0))
+    if mixup_alpha <= 0 and cutmix_alpha <= 0:
+        return None
+    from timm.data import Mixup
+
+    return Mixup(mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, prob=float(options.get("prob", 1.0)),
+                 switch_prob=float(options.get("switch_prob", 0.5)), label_smoothing=label_smoothing,
+                 num_classes=num_classes)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
-SCHEDULERS = ("cosine", "none")
+SCHEDULERS = ("cosine", "step", "plateau", "none")
 
 
 def _split_decay(parameters: Iterable[nn.Parameter]) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
@@ -69,15 +69,37 @@ def cosine_with_warmup(step: int, total_steps: int, warmup_steps: int = 0, min_l
 
 def create_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, name: str = "cosine",
                      warmup_steps: int = 0, warmup_fraction: float = 0.0, min_lr_ratio: float = 0.01,
-                     ) -> dict | None:
-    """A Lightning ``lr_scheduler`` dict stepping every optimizer step, or None for ``none``."""
+                     t_max_epochs: int | None = None, steps_per_epoch: int | None = None,
+                     step_size: int = 10, gamma: float = 0.1, monitor: str = "val/loss", mode: str = "min",
+                     factor: float = 0.1, patience: int = 3) -> dict | None:
+    """A Lightning ``lr_scheduler`` dict, or None for ``none``.
+
+    - ``cosine``: linear warmup (``warmup_steps`` or ``warmup_fraction`` of the run), then cosine
+      decay to ``min_lr_ratio * lr``, stepped every optimizer step, over the whole run
+      (``total_steps``) or ``t_max_epochs`` epochs;
+    - ``step``: StepLR, ``lr *= gamma`` every ``step_size`` epochs;
+    - ``plateau``: ReduceLROnPlateau on ``monitor`` (``lr *= factor`` after ``patience`` epochs
+      without improvement).
+    """
     if name == "none":
         return None
-    if name != "cosine":
-        raise ValueError(f"unknown scheduler {name!r} (conf/scheduler has: {', '.join(SCHEDULERS)})")
-    if total_steps < 1:
-        raise ValueError(f"a cosine schedule needs a known run length, got {total_steps} steps")
-    warmup = warmup_steps or int(round(warmup_fraction * total_steps))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: cosine_with_warmup(step, total_steps, warmup, min_lr_ratio))
-    return {"scheduler": scheduler, "interval": "step", "frequency": 1}
+    if name == "cosine":
+        if t_max_epochs is not None:
+            if not steps_per_epoch:
+                raise ValueError("scheduler.t_max_epochs needs the number of steps per epoch")
+            total_steps = int(t_max_epochs) * int(steps_per_epoch)
+        if total_steps < 1:
+            raise ValueError(f"a cosine schedule needs a known run length, got {total_steps} steps")
+        warmup = warmup_steps or int(round(warmup_fraction * total_steps))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: cosine_with_warmup(step, total_steps, warmup, min_lr_ratio))
+        return {"scheduler": scheduler, "interval": "step", "frequency": 1}
+    if name == "step":
+        if step_size < 1 or not 0 < gamma <= 1:
+            raise ValueError(f"scheduler=step needs step_size >= 1 and 0 < gamma <= 1, got {step_size}, {gamma}")
+        return {"scheduler": torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=gamma),
+                "interval": "epoch", "frequency": 1}
+    if name == "plateau":
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=factor, patience=patience)
+        return {"scheduler": scheduler, "interval": "epoch", "frequency": 1, "monitor": monitor}
+    raise ValueError(f"unknown scheduler {name!r} (conf/scheduler has: {', '.join(SCHEDULERS)})")

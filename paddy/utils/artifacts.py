@@ -40,3 +40,42 @@ def to_float(value: Any) -> Any:
 
 def write_json(path: str | Path, payload: dict[str, Any]) -> None:
     Path(path).write_text(json.dumps(payload, indent=2, default=to_float))
+
+
+def measure_throughput(model: nn.Module, loader, device: torch.device | str, max_batches: int = 20,
+                       warmup_batches: int = 2) -> float | None:
+    """Inference images/s of ``model`` on batches of ``loader`` (model time only: batches are moved
+    to ``device`` first; a few warm-up batches are not timed). None when the loader is empty."""
+    import time
+
+    batches = []
+    for i, (inputs, _) in enumerate(loader):
+        if i >= max_batches + warmup_batches:
+            break
+        if isinstance(inputs, dict):
+            inputs = {k: v.to(device) for k, v in inputs.items()}
+        else:
+            inputs = inputs.to(device)
+        batches.append(inputs)
+    if not batches:
+        return None
+    was_training = model.training
+    model.eval()
+    timed = batches[warmup_batches:] or batches
+    try:
+        with torch.inference_mode():
+            for inputs in batches[: len(batches) - len(timed)]:
+                model(**inputs) if isinstance(inputs, dict) else model(inputs)
+            if str(device).startswith("cuda"):
+                torch.cuda.synchronize()
+            started = time.perf_counter()
+            count = 0
+            for inputs in timed:
+                model(**inputs) if isinstance(inputs, dict) else model(inputs)
+                count += len(next(iter(inputs.values()))) if isinstance(inputs, dict) else len(inputs)
+            if str(device).startswith("cuda"):
+                torch.cuda.synchronize()
+            elapsed = time.perf_counter() - started
+    finally:
+        model.train(was_training)
+    return round(count / elapsed, 1) if elapsed > 0 else None
