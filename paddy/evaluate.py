@@ -1,0 +1,484 @@
+"""``python -m paddy.evaluate ckpt_path=<run dir or .ckpt> [split=test]``: a trained model's full evaluation.
+
+    python -m paddy.evaluate ckpt_path=outputs/2026-11-23/10-41-07                 # best checkpoint, test split
+    python -m paddy.evaluate ckpt_path=outputs/.../checkpoints/last.ckpt split=val batch_size=64
+    python -m paddy.evaluate ckpt_path=outputs/... +data.root=/mnt/paddy            # the run's data config, moved
+    python -m paddy.evaluate ckpt_path=outputs/... data=imagefolder data.root=/x data.image_size=224
+
+Data: by default the run's own data config, stored in the checkpoint (same source, same seeded
+split, same eval transform), so ``split=test`` is the very test set the run was tested on.
+``+data.<key>=...`` overrides single keys of it (``+data.root=``, ``+data.test_limit=``); picking a
+group (``data=imagefolder ...``) replaces it with that data config (keep the image size and
+transforms of training yourself). The data's classes must be the checkpoint's.
+
+Writes into ``output_dir`` (default ``<run dir>/eval_<split>/``): ``metrics_<split>.json`` (accuracy,
+loss, precision/recall/F1 macro + weighted, per-class table, confusion matrix, ROC AUC, latency,
+throughput, peak GPU memory), ``classification_report.txt``/``.json``, ``confusion_matrix.png``
+(counts), ``confusion_matrix_normalized.png`` (rows sum to 1), ``roc_curves.png`` (binary: one
+curve; multiclass: one-vs-rest per class + macro AUC), ``predictions_<split>.csv`` (one row per
+sample) and ``eval_config.yaml``. Hydra writes nothing of its own (no ``outputs/`` folder, no log
+file): ``hydra.run.dir`` is the working directory and ``hydra.output_subdir`` is null.
+
+Exit status: 0 when evaluated; 2 for a bad checkpoint, split or data config (one line, no traceback).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import statistics
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+import paddy  # noqa: F401  (sets the offline environment before albumentations is imported)
+from paddy.config import TRUSTED_TARGETS, config_dir
+from paddy.utils.checkpoints import CheckpointError, load_trained_model, resolve_checkpoint, run_dir_of
+
+log = logging.getLogger("paddy")
+
+_SPLIT_ALIASES = {"valid": "val", "validation": "val", "testing": "test", "training": "train"}
+MAX_ANNOTATED_CLASSES = 30
+MAX_LEGEND_CLASSES = 20
+
+
+class EvaluationError(ValueError):
+    """An evaluation that cannot be run as asked (unknown split, data whose classes differ, ...)."""
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+def _data_config(run_config: Mapping[str, Any], override: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The run's data config; a full data config (with ``_target_``) replaces it, a partial one is merged."""
+    base = run_config.get("data")
+    if override and "_target_" in override:
+        return dict(override)
+    if not isinstance(base, Mapping) or "_target_" not in base:
+        raise EvaluationError("the checkpoint's config has no data section: pass a data config (data=<option>)")
+    if override:
+        return OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(dict(base)), OmegaConf.create(dict(override))),
+                                      resolve=True)
+    return dict(base)
+
+
+def _build_datamodule(data: dict[str, Any], seed: Any):
+    from paddy.config import instantiate
+
+    datamodule = instantiate(OmegaConf.create(data), _convert_="all")
+    if seed is not None:
+        datamodule.shuffle_seed = int(seed)
+    datamodule.setup("test")
+    return datamodule
+
+
+def _to_device(inputs: Any, device: torch.device, channels_last: bool) -> Any:
+    if isinstance(inputs, dict):
+        return {k: _to_device(v, device, channels_last and k == "images") for k, v in inputs.items()}
+    inputs = inputs.to(device, non_blocking=True)
+    if channels_last and inputs.ndim == 4:
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
+    return inputs
+
+
+def _forward(model: torch.nn.Module, inputs: Any) -> torch.Tensor:
+    return model(**inputs) if isinstance(inputs, dict) else model(inputs)
+
+
+def _batch_len(inputs: Any) -> int:
+    return len(inputs["images"]) if isinstance(inputs, dict) else len(inputs)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+
+
+def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str]) -> dict[str, Any]:
+    """Accuracy, loss, precision/recall/F1 (macro, weighted, per class), confusion matrix and ROC AUC
+    (binary: the second class's curve; multiclass: one-vs-rest per class and their macro mean).
+
+    Classes without samples (or with nothing but) have no ROC curve: their AUC is null and the
+    macro AUC averages the others.
+    """
+    from torchmetrics.functional.classification import (
+        binary_auroc,
+        binary_roc,
+        multiclass_accuracy,
+        multiclass_confusion_matrix,
+        multiclass_f1_score,
+        multiclass_precision,
+        multiclass_recall,
+    )
+
+    n = len(class_names)
+    logits, labels = logits.float(), labels.long()
+    probs = logits.softmax(dim=1)
+    kw = {"num_classes": n}
+    result: dict[str, Any] = {
+        "num_samples": int(len(labels)),
+        "accuracy": float(multiclass_accuracy(logits, labels, average="micro", **kw)),
+        "loss": float(torch.nn.functional.cross_entropy(logits, labels)) if len(labels) else None,
+    }
+    for average in ("macro", "weighted"):
+        result[f"precision_{average}"] = float(multiclass_precision(logits, labels, average=average, **kw))
+        result[f"recall_{average}"] = float(multiclass_recall(logits, labels, average=average, **kw))
+        result[f"f1_{average}"] = float(multiclass_f1_score(logits, labels, average=average, **kw))
+    if n > 3:
+        result["top3_accuracy"] = float(multiclass_accuracy(logits, labels, average="micro", top_k=3, **kw))
+    precision = multiclass_precision(logits, labels, average=None, **kw)
+    recall = multiclass_recall(logits, labels, average=None, **kw)
+    f1 = multiclass_f1_score(logits, labels, average=None, **kw)
+    support = torch.bincount(labels, minlength=n)
+
+    curves: dict[str, dict[str, list[float]]] = {}
+    aucs: dict[str, float | None] = {}
+    positives = [1] if n == 2 else list(range(n))
+    for c in positives:
+        target = (labels == c).long()
+        if 0 < int(target.sum()) < len(target):
+            fpr, tpr, _ = binary_roc(probs[:, c], target)
+            curves[class_names[c]] = {"fpr": fpr.tolist(), "tpr": tpr.tolist()}
+            aucs[class_names[c]] = float(binary_auroc(probs[:, c], target))
+        else:
+            aucs[class_names[c]] = None
+    defined = [v for v in aucs.values() if v is not None]
+    result["auc"] = float(np.mean(defined)) if defined else None
+    result["auc_kind"] = f"binary (positive class {class_names[1]!r})" if n == 2 else "one-vs-rest macro"
+    result["per_class"] = {
+        name: {"precision": float(precision[c]), "recall": float(recall[c]), "f1": float(f1[c]),
+               "support": int(support[c]), **({"auc": aucs.get(name)} if n > 2 else {})}
+        for c, name in enumerate(class_names)
+    }
+    result["confusion_matrix"] = multiclass_confusion_matrix(logits, labels, **kw).to(torch.int64).tolist()
+    result["_roc_curves"] = curves
+    return result
+
+
+def classification_report(metrics: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """A scikit-learn-style text table and its JSON twin."""
+    rows = metrics["per_class"]
+    width = max([len(str(name)) for name in rows] + [len("weighted avg")]) + 2
+    has_auc = any("auc" in v for v in rows.values())
+    header = f"{'':<{width}}{'precision':>10}{'recall':>10}{'f1-score':>10}{'support':>10}" + (
+        f"{'auc':>10}" if has_auc else "")
+    lines = [header, ""]
+
+    def fmt(value: Any) -> str:
+        return f"{'-':>10}" if value is None else f"{value:>10.4f}"
+
+    for name, row in rows.items():
+        lines.append(f"{name:<{width}}{fmt(row['precision'])}{fmt(row['recall'])}{fmt(row['f1'])}{row['support']:>10}"
+                     + (fmt(row.get("auc")) if has_auc else ""))
+    total = metrics["num_samples"]
+    lines.append("")
+    lines.append(f"{'accuracy':<{width}}{'':>20}{metrics['accuracy']:>10.4f}{total:>10}")
+    averages = {}
+    for average, label in (("macro", "macro avg"), ("weighted", "weighted avg")):
+        averages[label] = {"precision": metrics[f"precision_{average}"], "recall": metrics[f"recall_{average}"],
+                           "f1": metrics[f"f1_{average}"], "support": total}
+        auc = fmt(metrics.get("auc")) if has_auc and average == "macro" else ""
+        lines.append(f"{label:<{width}}{fmt(averages[label]['precision'])}{fmt(averages[label]['recall'])}"
+                     f"{fmt(averages[label]['f1'])}{total:>10}{auc}")
+    if metrics.get("auc") is not None:
+        lines += ["", f"ROC AUC ({metrics['auc_kind']}): {metrics['auc']:.4f}"]
+    report = {"per_class": rows, "accuracy": metrics["accuracy"], **averages, "auc": metrics.get("auc"),
+              "auc_kind": metrics.get("auc_kind"), "num_samples": total}
+    return "\n".join(lines) + "\n", report
+
+
+# ---------------------------------------------------------------------------------------------- plots
+
+
+def _figure(n: int):
+    from matplotlib.figure import Figure
+
+    side = min(max(4.5, 0.45 * n + 2.5), 24.0)
+    return Figure(figsize=(side + 1.2, side), dpi=100)
+
+
+def plot_confusion(matrix: np.ndarray, class_names: Sequence[str], path: Path, normalized: bool) -> None:
+    """Rows = true class, columns = predicted; counts, or each row divided by its total."""
+    counts = np.asarray(matrix, dtype=np.int64)
+    n = counts.shape[0]
+    totals = counts.sum(axis=1, keepdims=True)
+    values = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0) if normalized else counts
+    figure = _figure(n)
+    ax = figure.add_subplot(1, 1, 1)
+    shown = ax.imshow(values, cmap="Blues", vmin=0.0, vmax=1.0 if normalized else max(int(counts.max()), 1),
+                      interpolation="nearest")
+    figure.colorbar(shown, ax=ax, fraction=0.046, pad=0.04,
+                    label="fraction of the true class" if normalized else "images")
+    if n <= MAX_ANNOTATED_CLASSES:
+        top = float(values.max()) or 1.0
+        for i in range(n):
+            for j in range(n):
+                text = f"{values[i, j]:.2f}" if normalized else str(counts[i, j])
+                ax.text(j, i, text, ha="center", va="center", fontsize=8 if n <= 10 else 6,
+                        color="white" if values[i, j] > 0.5 * top else "black")
+    if n <= 60:
+        labels = [str(name)[:20] for name in class_names]
+        ax.set_xticks(range(n), labels, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(n), labels, fontsize=8)
+    accuracy = np.trace(counts) / max(int(counts.sum()), 1)
+    kind = "row-normalised" if normalized else "counts"
+    ax.set_title(f"confusion matrix, {kind} (accuracy {accuracy:.4f}, n={int(counts.sum())})", fontsize=10)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    figure.tight_layout()
+    figure.savefig(path)
+
+
+def plot_roc(curves: Mapping[str, Mapping[str, list[float]]], metrics: Mapping[str, Any], path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7.5, 6.5), dpi=100)
+    ax = figure.add_subplot(1, 1, 1)
+    per_class = metrics["per_class"]
+    for k, (name, curve) in enumerate(curves.items()):
+        auc = per_class[name].get("auc", metrics.get("auc"))
+        label = f"{name} (AUC {auc:.3f})" if k < MAX_LEGEND_CLASSES and auc is not None else None
+        ax.plot(curve["fpr"], curve["tpr"], linewidth=1.2, label=label)
+    ax.plot([0, 1], [0, 1], "k--", linewidth=0.8, label="chance")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    auc = metrics.get("auc")
+    ax.set_title(f"ROC, {metrics['auc_kind']}: AUC {'n/a' if auc is None else f'{auc:.4f}'}", fontsize=10)
+    if len(curves) > MAX_LEGEND_CLASSES:
+        ax.text(0.98, 0.02, f"legend: first {MAX_LEGEND_CLASSES} of {len(curves)} classes", ha="right",
+                transform=ax.transAxes, fontsize=7)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path)
+
+
+# ---------------------------------------------------------------------------------------------- timing
+
+
+def measure_latency(model: torch.nn.Module, sample: Any, device: torch.device, runs: int = 50,
+                    warmup: int = 5) -> dict[str, Any] | None:
+    """Milliseconds per forward pass of one image (batch 1): median and 90th percentile of ``runs``."""
+    if runs < 1:
+        return None
+    times = []
+    with torch.inference_mode():
+        for i in range(warmup + runs):
+            _sync(device)
+            started = time.perf_counter()
+            _forward(model, sample)
+            _sync(device)
+            if i >= warmup:
+                times.append((time.perf_counter() - started) * 1000)
+    times.sort()
+    return {"median_ms": round(statistics.median(times), 4), "p90_ms": round(times[int(0.9 * (len(times) - 1))], 4),
+            "runs": runs, "warmup": warmup, "batch_size": 1}
+
+
+def measure_batch_throughput(model: torch.nn.Module, batch: Any, device: torch.device, runs: int = 10,
+                             warmup: int = 2) -> float | None:
+    """Images/s of forward passes on one full eval batch (median time of ``runs``, after ``warmup``)."""
+    if runs < 1:
+        return None
+    times = []
+    with torch.inference_mode():
+        for i in range(warmup + runs):
+            _sync(device)
+            started = time.perf_counter()
+            _forward(model, batch)
+            _sync(device)
+            if i >= warmup:
+                times.append(time.perf_counter() - started)
+    elapsed = statistics.median(times)
+    return round(_batch_len(batch) / elapsed, 1) if elapsed > 0 else None
+
+
+# ---------------------------------------------------------------------------------------------- evaluate
+
+
+def evaluate(ckpt_path: str | Path, split: str = "test", data_config: Mapping[str, Any] | None = None,
+             output_dir: str | Path | None = None, device: str | torch.device | None = None,
+             batch_size: int | None = None, num_workers: int | None = None, latency_runs: int = 50,
+             throughput_runs: int = 10, weights: str = "auto") -> dict[str, Any]:
+    """Evaluate a trained run's checkpoint on one split of its data; write the report files.
+
+    Args:
+        ckpt_path: a ``.ckpt`` file or a run directory (its best checkpoint).
+        split: ``train``, ``val`` or ``test``.
+        data_config: ``None``: the run's data config (from the checkpoint); a mapping with
+            ``_target_``: a full data config used instead; otherwise keys merged into the run's.
+        output_dir: where the files go (default ``<run dir>/eval_<split>``).
+        device: ``cuda``, ``cpu``, ... (default: CUDA when available).
+        batch_size: eval batch size (default: the run's ``data.eval_batch_size`` / ``batch_size``).
+        num_workers: loader processes (default: the data config's).
+        latency_runs, throughput_runs: timed forward passes (0 skips that measurement).
+        weights: ``auto`` / ``raw`` / ``ema`` (see :func:`paddy.utils.checkpoints.load_trained_model`).
+
+    Returns:
+        The contents of ``metrics_<split>.json``.
+    """
+    started = time.perf_counter()
+    split = _SPLIT_ALIASES.get(str(split).lower(), str(split).lower())
+    ckpt = resolve_checkpoint(ckpt_path)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model, class_names, run_config = load_trained_model(ckpt, device=device, weights=weights)
+    channels_last = bool((run_config.get("model") or {}).get("channels_last")) and device.type == "cuda"
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+
+    data = _data_config(run_config, data_config)
+    if batch_size is not None:
+        data["eval_batch_size"] = int(batch_size)
+    if num_workers is not None:
+        data["num_workers"] = int(num_workers)
+    datamodule = _build_datamodule(data, run_config.get("seed"))
+    if list(datamodule.classes) != list(class_names):
+        raise EvaluationError(f"the data's classes {_short_list(datamodule.classes)} are not the checkpoint's "
+                              f"{_short_list(class_names)}: evaluate on data with the classes it was trained on")
+    if not datamodule.has_split(split):
+        available = ", ".join(datamodule.split_indices) or "none"
+        raise EvaluationError(f"the data has no {split!r} split (available splits: {available})")
+    datamodule.request_features(getattr(model, "input_features", ()), run_config.get("model"))
+    dataset = datamodule.dataset(split)
+    eval_batch = datamodule.eval_batch_size
+    loader = torch.utils.data.DataLoader(dataset, batch_size=eval_batch, shuffle=False,
+                                         num_workers=datamodule.num_workers,
+                                         pin_memory=device.type == "cuda")
+    out = Path(output_dir) if output_dir else run_dir_of(ckpt) / f"eval_{split}"
+    out.mkdir(parents=True, exist_ok=True)
+    log.info("Evaluating %s on the %s split (%d images, batch %d) on %s", ckpt, split, len(dataset), eval_batch,
+             device)
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    all_logits, all_labels = [], []
+    first_batch = None
+    loop_started = time.perf_counter()
+    with torch.inference_mode():
+        for inputs, labels in loader:
+            inputs = _to_device(inputs, device, channels_last)
+            if first_batch is None:
+                first_batch = inputs
+            all_logits.append(_forward(model, inputs).float().cpu())
+            all_labels.append(labels)
+    loop_time = time.perf_counter() - loop_started
+    if not all_logits:
+        raise EvaluationError(f"the {split} split is empty")
+    logits, labels = torch.cat(all_logits), torch.cat(all_labels)
+
+    metrics = classification_metrics(logits, labels, class_names)
+    curves = metrics.pop("_roc_curves")
+    single = first_batch[:1] if not isinstance(first_batch, dict) else {k: v[:1] for k, v in first_batch.items()}
+    latency = measure_latency(model, single, device, runs=latency_runs)
+    throughput = measure_batch_throughput(model, first_batch, device, runs=throughput_runs)
+    peak = torch.cuda.max_memory_allocated(device) / 1024**2 if device.type == "cuda" else None
+
+    result: dict[str, Any] = {
+        "checkpoint": str(ckpt),
+        "run_dir": str(run_dir_of(ckpt)),
+        "split": split,
+        "model_name": (run_config.get("model") or {}).get("name"),
+        "num_classes": len(class_names),
+        "classes": list(class_names),
+        **metrics,
+        "latency_ms": latency,
+        "throughput_img_s": throughput,
+        "throughput_batch_size": _batch_len(first_batch),
+        "end_to_end_img_s": round(len(labels) / loop_time, 1) if loop_time > 0 else None,
+        "peak_gpu_memory_mb": None if peak is None else round(peak, 1),
+        "device": str(device),
+        "torch": torch.__version__,
+    }
+    text, report = classification_report(metrics)
+    (out / "classification_report.txt").write_text(text)
+    (out / "classification_report.json").write_text(json.dumps(report, indent=2))
+    matrix = np.asarray(metrics["confusion_matrix"])
+    plot_confusion(matrix, class_names, out / "confusion_matrix.png", normalized=False)
+    plot_confusion(matrix, class_names, out / "confusion_matrix_normalized.png", normalized=True)
+    plot_roc(curves, metrics, out / "roc_curves.png")
+    _write_predictions(out / f"predictions_{split}.csv", datamodule.split_indices[split].items, labels, logits,
+                       class_names)
+    OmegaConf.save(OmegaConf.create({"ckpt_path": str(ckpt), "split": split, "data": data}), out / "eval_config.yaml")
+    result["output_dir"] = str(out)
+    result["eval_time_s"] = round(time.perf_counter() - started, 2)
+    (out / f"metrics_{split}.json").write_text(json.dumps(result, indent=2, default=_json_default))
+    return result
+
+
+def _write_predictions(path: Path, items: Sequence[str], labels: torch.Tensor, logits: torch.Tensor,
+                       class_names: Sequence[str]) -> None:
+    probs = logits.softmax(dim=1)
+    confidence, predicted = probs.max(dim=1)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["item", "label", "predicted", "confidence", "correct"])
+        for item, true, pred, conf in zip(items, labels.tolist(), predicted.tolist(), confidence.tolist()):
+            writer.writerow([item, class_names[true], class_names[pred], f"{conf:.6f}", int(true == pred)])
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.generic, torch.Tensor)):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _short_list(names: Sequence[str], limit: int = 6) -> str:
+    shown = ", ".join(map(str, list(names)[:limit]))
+    return f"[{shown}{', ...' if len(names) > limit else ''}] ({len(names)})"
+
+
+def format_summary(metrics: Mapping[str, Any]) -> str:
+    """A few lines for the console."""
+
+    def num(key: str, digits: int = 4) -> str:
+        value = metrics.get(key)
+        return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+    latency = metrics.get("latency_ms") or {}
+    lines = [
+        f"{metrics['split']} split: {metrics['num_samples']} images, {metrics['num_classes']} classes "
+        f"({metrics['checkpoint']})",
+        f"  accuracy {num('accuracy')}  loss {num('loss')}  F1 macro {num('f1_macro')}  weighted {num('f1_weighted')}"
+        f"  AUC {num('auc')}",
+        f"  precision macro {num('precision_macro')}  recall macro {num('recall_macro')}",
+        f"  latency (batch 1, median) {latency.get('median_ms', 'n/a')} ms  throughput "
+        f"{metrics.get('throughput_img_s') or 'n/a'} img/s at batch {metrics.get('throughput_batch_size')} "
+        f"on {metrics['device']}"
+        + (f"  peak GPU memory {metrics['peak_gpu_memory_mb']} MB" if metrics.get("peak_gpu_memory_mb") else ""),
+        f"  files in {metrics['output_dir']}",
+    ]
+    return "\n".join(lines)
+
+
+@hydra.main(config_path=str(config_dir()), config_name="evaluate", execution_whitelist=list(TRUSTED_TARGETS))
+def main(cfg: DictConfig) -> None:
+    from paddy.data.errors import DataSourceError, DataValidationError
+
+    data = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") else None
+    try:
+        metrics = evaluate(cfg.ckpt_path, split=cfg.split, data_config=data, output_dir=cfg.get("output_dir"),
+                           device=cfg.get("device"), batch_size=cfg.get("batch_size"),
+                           num_workers=cfg.get("num_workers"), latency_runs=int(cfg.get("latency_runs", 50)),
+                           throughput_runs=int(cfg.get("throughput_runs", 10)), weights=cfg.get("weights", "auto"))
+    except (CheckpointError, EvaluationError, DataSourceError, DataValidationError) as err:
+        log.error("%s", err)
+        sys.exit(2)
+    print(format_summary(metrics))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,231 @@
+"""Find and load the trained network of a paddy run: shared by ``paddy.evaluate`` and ``paddy.predict``.
+
+A training run directory holds ``checkpoints/epoch_NNN.ckpt`` (the best by ``val/acc``),
+``checkpoints/last.ckpt`` and ``metrics.json`` (whose ``ckpt_path`` names the best one). A paddy
+checkpoint is a Lightning checkpoint whose ``hyper_parameters`` carry ``num_classes``,
+``class_names`` and ``config`` (the run's resolved config as plain dicts), so the network can be
+rebuilt from the file alone: :func:`paddy.models.factory.build_model` with the run's ``backbone``,
+``attention`` and ``model`` sections (no pretrained download), then a strict ``load_state_dict`` of
+the ``model.``-prefixed weights.
+
+Trust: checkpoints are read with ``torch.load(weights_only=True)`` first, which cannot run code and
+reads every checkpoint paddy writes. Only when that fails (a checkpoint holding other pickled
+objects, e.g. a custom callback's state) and ``trusted=True`` (the default, meant for your own runs)
+is it read again with ``weights_only=False``, which unpickles arbitrary objects and so can execute
+code: pass ``trusted=False`` for files from elsewhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import pickle
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+log = logging.getLogger("paddy")
+
+WEIGHT_CHOICES = ("auto", "raw", "ema")
+_SHOWN_KEYS = 5
+
+
+class CheckpointError(ValueError):
+    """A checkpoint (or run directory) that cannot be found, read or turned back into its network."""
+
+
+def run_dir_of(ckpt: str | Path) -> Path:
+    """The run directory of a checkpoint file (``<run>/checkpoints/x.ckpt`` -> ``<run>``)."""
+    ckpt = Path(ckpt)
+    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A ``.ckpt`` file as given, or for a run directory its best checkpoint.
+
+    For a directory: ``metrics.json``'s ``ckpt_path`` when that file exists (also when the run
+    directory was moved: the same file name under ``checkpoints/``), else ``checkpoints/last.ckpt``,
+    else the newest ``checkpoints/*.ckpt``. A ``checkpoints/`` folder itself is taken as its run's.
+
+    Raises:
+        CheckpointError: the path does not exist, or the directory holds no checkpoint.
+    """
+    given = Path(str(path)).expanduser()
+    if not given.exists():
+        raise CheckpointError(f"ckpt_path={path}: no such file or directory "
+                              f"(expected a .ckpt file or a training run directory)")
+    if given.is_file():
+        return given
+    run_dir = given.parent if given.name == "checkpoints" and not (given / "checkpoints").is_dir() else given
+    ckpt_dir = run_dir / "checkpoints"
+    best = _metrics_ckpt(run_dir / "metrics.json")
+    if best is not None:
+        for candidate in (best, ckpt_dir / best.name):
+            if candidate.is_file():
+                return candidate
+    if (ckpt_dir / "last.ckpt").is_file():
+        return ckpt_dir / "last.ckpt"
+    found = sorted(ckpt_dir.glob("*.ckpt"), key=lambda p: p.stat().st_mtime) if ckpt_dir.is_dir() else []
+    if found:
+        return found[-1]
+    raise CheckpointError(f"no checkpoint in {run_dir} (expected checkpoints/*.ckpt)")
+
+
+def _metrics_ckpt(metrics_file: Path) -> Path | None:
+    if not metrics_file.is_file():
+        return None
+    try:
+        value = json.loads(metrics_file.read_text()).get("ckpt_path")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not value:
+        return None
+    best = Path(value)
+    return best if best.is_absolute() else metrics_file.parent / best
+
+
+def read_checkpoint(path: str | Path, trusted: bool = True) -> dict[str, Any]:
+    """``torch.load`` of a paddy checkpoint onto the CPU (see the module docstring on trust)."""
+    path = Path(path)
+    try:
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:
+            if not trusted:
+                raise CheckpointError(f"{path}: holds objects the safe (weights-only) loader refuses; load it "
+                                      f"with trusted=True only if you trust its origin ({_first_line(err)})") from err
+            log.info("%s: not weights-only; loading it as a trusted file (weights_only=False)", path)
+            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except CheckpointError:
+        raise
+    except Exception as err:  # a truncated/zeroed/non-torch file: torch raises many kinds
+        raise CheckpointError(f"{path}: cannot read it as a PyTorch checkpoint ({_first_line(err)})") from err
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise CheckpointError(f"{path}: not a Lightning checkpoint (no state_dict)")
+    return checkpoint
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
+
+
+@contextlib.contextmanager
+def _quiet(name: str) -> Iterator[None]:
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def checkpoint_config(checkpoint: dict[str, Any], path: str | Path = "<checkpoint>") -> tuple[int, list[str], dict]:
+    """(num_classes, class_names, run config) from a loaded checkpoint's ``hyper_parameters``."""
+    hparams = checkpoint.get("hyper_parameters") or {}
+    config = hparams.get("config")
+    if not isinstance(config, dict) or not isinstance(config.get("backbone"), dict):
+        raise CheckpointError(f"{path}: has no paddy run config (hyper_parameters.config); "
+                              f"was it written by paddy.train?")
+    try:
+        num_classes = int(hparams["num_classes"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: hyper_parameters.num_classes is missing or not a number") from err
+    names = [str(n) for n in (hparams.get("class_names") or [])]
+    if len(names) != num_classes:
+        if names:
+            log.warning("%s: %d class names for %d classes; using class indices", path, len(names), num_classes)
+        names = [str(i) for i in range(num_classes)]
+    return num_classes, names, config
+
+
+def _model_state(checkpoint: dict[str, Any], config: dict, weights: str, path: Path) -> tuple[dict, str]:
+    """The bare model's state dict: the EMA average (when the run validated with it) or the raw weights."""
+    if weights not in WEIGHT_CHOICES:
+        raise CheckpointError(f"weights={weights!r} (expected one of: {', '.join(WEIGHT_CHOICES)})")
+    if weights in ("auto", "ema"):
+        for key, state in (checkpoint.get("callbacks") or {}).items():
+            if str(key).startswith("EMAWeights") and isinstance(state, dict) and state.get("ema") is not None:
+                # The run validated, picked its best checkpoint and tested with these weights.
+                if weights == "ema" or (config.get("ema") or {}).get("enabled", True):
+                    return dict(state["ema"]), "ema"
+        if weights == "ema":
+            raise CheckpointError(f"{path}: holds no EMA weights (the run was trained without ema.enabled)")
+    state = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+    if not state:
+        raise CheckpointError(f"{path}: its state_dict has no model.* weights (not a paddy ClassificationTask)")
+    return state, "raw"
+
+
+def _describe(keys: list[str]) -> str:
+    shown = ", ".join(keys[:_SHOWN_KEYS])
+    return shown + (f", ... ({len(keys)} in all)" if len(keys) > _SHOWN_KEYS else "")
+
+
+def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    """Raise :class:`CheckpointError` naming the missing, unexpected and mis-shaped keys (if any)."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in sorted(set(own) & set(state))
+              if hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)]
+    if not (missing or unexpected or shapes):
+        return
+    parts = []
+    if missing:
+        parts.append(f"missing keys: {_describe(missing)}")
+    if unexpected:
+        parts.append(f"unexpected keys: {_describe(unexpected)}")
+    if shapes:
+        parts.append(f"shape mismatches (checkpoint vs config): {_describe(shapes)}")
+    raise CheckpointError(f"{where}: the weights do not fit the network its config describes "
+                          f"(edited config, or weights of another model): " + "; ".join(parts))
+
+
+def load_trained_model(ckpt: str | Path, device: str | torch.device | None = "cpu", weights: str = "auto",
+                       trusted: bool = True) -> tuple[nn.Module, list[str], dict[str, Any]]:
+    """Rebuild a run's network from a checkpoint (or run directory) and load its weights.
+
+    Args:
+        ckpt: a ``.ckpt`` file or a run directory (see :func:`resolve_checkpoint`).
+        device: where to put the model (``None``: CUDA when available, else CPU).
+        weights: ``auto`` (the EMA average when the run trained with ``ema.enabled``, as its
+            validation and test did; else the raw weights), ``raw`` or ``ema``.
+        trusted: allow the unsafe loader as a fallback (see the module docstring).
+
+    Returns:
+        ``(model in eval mode on device, class names, run config as plain dicts)``.
+
+    Raises:
+        CheckpointError: with one clear message (missing file, no paddy config, weights that do not
+            fit the config: the missing/unexpected keys are named).
+    """
+    path = resolve_checkpoint(ckpt)
+    checkpoint = read_checkpoint(path, trusted=trusted)
+    num_classes, class_names, config = checkpoint_config(checkpoint, path)
+    from paddy.models.factory import build_model
+
+    backbone = {**config["backbone"], "pretrained": False, "pretrained_file": None}
+    try:
+        with _quiet("paddy.models"):
+            model = build_model(num_classes, backbone, config.get("attention"), config.get("model"))
+    except Exception as err:  # unknown timm name, bad knob, ...: one line naming the checkpoint
+        raise CheckpointError(f"{path}: cannot rebuild the network from its config "
+                              f"(backbone {backbone.get('name')!r}): {_first_line(err)}") from err
+    state, kind = _model_state(checkpoint, config, weights, path)
+    check_state_dict(model, state, str(path))
+    model.load_state_dict(state, strict=True)
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device).eval()
+    log.debug("loaded %s (%s weights, %d classes)", path, kind, num_classes)
+    return model, class_names, config
+
+
+__all__ = ["WEIGHT_CHOICES", "CheckpointError", "check_state_dict", "checkpoint_config", "load_trained_model",
+           "read_checkpoint", "resolve_checkpoint", "run_dir_of"]
