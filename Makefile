@@ -27,7 +27,7 @@ test-all:
 	$(BIN)/python -m pytest -m ""
 
 lint:
-	$(BIN)/ruff check paddy tests scripts
+	$(BIN)/ruff check paddy tests scripts hydra_plugins benchmarks
 
 # Wheels of paddy and every dependency except torch/torchvision, for a machine that already has
 # torch but cannot reach a package registry:  pip install --no-index --find-links wheelhouse paddy

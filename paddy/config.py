@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 # ``paddy.config.TRUSTED_TARGETS += ("mypackage.*",)``.
 TRUSTED_TARGETS: tuple[str, ...] = (
     "paddy.*", "lightning.*", "pytorch_lightning.*", "torch.*", "torchmetrics.*", "timm.*",
-    "albumentations.*",
+    "albumentations.*", "optuna.*",
 )
 
 

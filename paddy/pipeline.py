@@ -20,7 +20,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from paddy.config import instantiate
@@ -91,7 +91,7 @@ def _instantiate_all(group: DictConfig | None) -> list[Any]:
 
 
 def recipe_callbacks(cfg: DictConfig) -> list[L.Callback]:
-    """The callbacks that top-level keys switch on: ``freeze``, ``ema``, ``trainer_guard``."""
+    """The callbacks that top-level keys switch on: ``freeze``, ``ema``, ``trainer_guard``, ``optuna``."""
     callbacks: list[L.Callback] = []
     freeze = cfg.get("freeze") or {}
     if freeze.get("backbone"):
@@ -104,6 +104,11 @@ def recipe_callbacks(cfg: DictConfig) -> list[L.Callback]:
     guard = cfg.get("trainer_guard") or {}
     if guard.get("enabled", True):
         callbacks.append(NonFiniteLossGuard(max_bad_steps=int(guard.get("max_bad_steps", 5))))
+    if cfg.get("optuna"):
+        # A trial of paddy's Optuna sweeper (++optuna={storage,study_name,trial_number,monitor,pruner}).
+        from paddy.tasks.pruning import OptunaPruning
+
+        callbacks.append(OptunaPruning(**OmegaConf.to_container(cfg.optuna, resolve=True)))
     return callbacks
 
 
@@ -169,6 +174,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     history = RunHistory(output_dir)
     callbacks = _instantiate_all(cfg.get("callbacks")) + recipe_callbacks(cfg) + [history]
     loggers = _instantiate_all(cfg.get("logger"))
+    if not loggers:  # logger=none: callbacks that only feed a logger have nothing to write to
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer_options = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_options["precision"] = resolve_precision(trainer_options.get("precision"),
                                                      trainer_options.get("accelerator"))

@@ -90,6 +90,11 @@ def test_mlp_head_and_other_optimizers_train(tmp_path: Path):
     assert (tmp_path / "run" / "csv" / "metrics.csv").is_file()
 
 
+def test_no_logger_still_trains(tmp_path: Path):
+    metrics = train(tiny_config(tmp_path, "data=synthetic", "trainer.max_epochs=1", "logger=none"))
+    assert metrics["epochs_run"] == 1 and not (tmp_path / "run" / "tensorboard").exists()
+
+
 # --------------------------------------------------------------------------- configs
 
 

@@ -1,0 +1,1 @@
+"""paddy's Hydra sweeper plugin: ``hydra/sweeper=paddy_optuna`` (see :mod:`.paddy_sweeper`)."""

@@ -1,0 +1,510 @@
+"""``hydra/sweeper=paddy_optuna``: hydra-optuna-sweeper's loop made resumable, failure-tolerant and prunable.
+
+A thin subclass of the installed Optuna sweeper (1.4.0rc3); what it changes:
+
+- **Storage**: ``storage: null`` means ``sqlite:///<sweep dir>/optuna.db`` (absolute path); any
+  SQLAlchemy URL works. The study is loaded when it exists.
+- **n_trials is the study-wide target**: trials that finished (COMPLETE, PRUNED or FAIL) or are
+  running in another process count towards it, so re-running the same command runs only the
+  missing trials, and N processes running the same command share the work (each asks its own
+  trials; a trial asked beyond the target goes back to the queue). ``n_trials: null`` (and the grid
+  sampler) means the size of the (discrete) search space; with the grid sampler an explicit
+  n_trials larger than the grid is cut to the grid.
+- **Interrupted trials**: a trial left RUNNING by a sweep process that is gone (killed; same
+  machine: the owner's pid) is marked FAIL with ``fail_reason`` "interrupted: ..." and a copy with
+  the same parameters (and grid point) is queued, so it is re-run first; interrupted trials do not
+  count towards n_trials. Ctrl-C does the same for the trial in flight before stopping.
+  ``stale_trials: all`` treats every RUNNING trial found at start as interrupted (trials of other
+  machines or of the stock sweeper: use it only when no other process works on the study).
+- **Failures**: a job that raises is told FAIL with the reason in the user attr ``fail_reason``
+  and the sweep goes on; it stops with :class:`SweepFailedError` once the trials this process ran
+  have failed more than ``floor(max_failure_rate * n_trials)`` times. A non-finite or missing
+  objective is a FAIL too.
+- **Pruning**: each job gets ``++optuna={storage,study_name,trial_number,monitor,pruner}``;
+  :class:`paddy.tasks.pruning.OptunaPruning` reports ``monitor`` every validation epoch and raises
+  ``optuna.TrialPruned``, which this sweeper tells as PRUNED. Pruners: ``median``,
+  ``successive_halving``, ``none``.
+- **Attention knobs**: a searched ``attention.<knob>`` that the composed config's attention block
+  lacks (``attention_knobs``) is dropped from the search space with one log line.
+- A seeded sampler (but the grid's) samples trial ``N`` with ``seed + N``, so a resumed or
+  parallel study does not repeat the random start-up trials of the first run.
+- Job ``N`` of the sweep directory is trial ``N`` of the study (stable across resumes).
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import logging
+import math
+import os
+import socket
+import sys
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from hydra.core.config_store import ConfigStore
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.utils import instantiate
+from hydra_plugins.hydra_optuna_sweeper import _impl, optuna_sweeper
+from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
+from omegaconf import DictConfig, OmegaConf
+from optuna.trial import FrozenTrial, Trial, TrialState
+
+log = logging.getLogger(__name__)
+
+OWNER_ATTR = "paddy:owner"  # system attr: {"host", "pid", "start"} of the sweep process that asked the trial
+INTERRUPTED_ATTR = "paddy:interrupted"  # system attr: the trial was cut off; a copy was queued
+RETRY_ATTR = "paddy:retry_of"  # system attr of the queued copy: the interrupted trial's number
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+_SAMPLER_WHITELIST = ("hydra_plugins.hydra_optuna_sweeper.*", "optuna.samplers.*")
+
+
+class SweepFailedError(RuntimeError):
+    """More trials failed than ``max_failure_rate`` allows."""
+
+
+@dataclass
+class PrunerConf:
+    # median | successive_halving | none
+    name: str = "median"
+    # MedianPruner: prune after this many finished trials, from this epoch on, every interval_steps epochs
+    n_startup_trials: int = 5
+    n_warmup_steps: int = 1
+    interval_steps: int = 1
+    # SuccessiveHalvingPruner
+    min_resource: Any = "auto"
+    reduction_factor: int = 4
+    min_early_stopping_rate: int = 0
+
+
+@dataclass
+class PaddyOptunaSweeperConf(OptunaSweeperConf):
+    _target_: str = "hydra_plugins.paddy_sweeper.paddy_sweeper.PaddyOptunaSweeper"
+    direction: Any = "maximize"
+    # null: sqlite:///<hydra.sweep.dir>/optuna.db
+    storage: Any | None = None
+    study_name: str | None = "paddy"
+    # Study-wide target of finished trials; null: the size of the (discrete) search space
+    n_trials: int | None = 20
+    n_jobs: int = 1
+    max_failure_rate: float = 0.25
+    pruner: PrunerConf = field(default_factory=PrunerConf)
+    # Metric reported to the trial every validation epoch (for the pruner); same direction as the study
+    monitor: str = "val/acc"
+    # RUNNING trials found at start: local (those whose sweep process on this machine is gone) | all
+    stale_trials: str = "local"
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="paddy_optuna", node=PaddyOptunaSweeperConf,
+                             provider="paddy")
+
+
+def _process_start(pid: int) -> str | None:
+    """The start time of process ``pid`` (Linux), to tell a live owner from a reused pid."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _owner() -> dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid(), "start": _process_start(os.getpid())}
+
+
+def _owner_alive(owner: Any) -> bool | None:
+    """Whether the sweep process ``owner`` still runs; None when that cannot be known here."""
+    if not isinstance(owner, dict) or owner.get("host") != socket.gethostname():
+        return None
+    pid = owner.get("pid")
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    except (OSError, TypeError, ValueError):
+        return None
+    start = _process_start(int(pid))
+    return owner.get("start") is None or start is None or start == owner.get("start")
+
+
+def _counted(trial: FrozenTrial) -> bool:
+    return not trial.system_attrs.get(INTERRUPTED_ATTR)
+
+
+def _quote(value: str) -> str:
+    quote = "'" if "'" not in value else '"'
+    if quote in value:
+        raise ValueError(f"cannot pass {value!r} to a job as an override (it holds both kinds of quotes)")
+    return f"{quote}{value}{quote}"
+
+
+def _override_value(value: Any) -> str:
+    """``value`` in Hydra's override grammar (strings quoted; dicts and lists recursively)."""
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{_override_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_override_value(v) for v in value) + "]"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return _quote(str(value))
+
+
+def _reason(error: Any) -> str:
+    if isinstance(error, BaseException):
+        text = f"{type(error).__name__}: {error}"
+    else:
+        text = str(error)
+    return " ".join(text.split())[:1000]
+
+
+def _release(ret: JobReturn) -> None:
+    """Drop the frames a failed job's exception holds (its model, batches, CUDA tensors)."""
+    error = ret._return_value
+    seen: set[int] = set()
+    while isinstance(error, BaseException) and id(error) not in seen:
+        seen.add(id(error))
+        if error.__traceback__ is not None:
+            traceback.clear_frames(error.__traceback__)
+            error.__traceback__ = None
+        error = error.__cause__ or error.__context__
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
+class PaddyOptunaSweeperImpl(_impl.OptunaSweeperImpl):
+    def __init__(self, sampler: DictConfig, direction: Any, storage: Any | None, study_name: str | None,
+                 n_trials: int | None, n_jobs: int, max_failure_rate: float, custom_search_space: str | None,
+                 params: DictConfig | None, pruner: DictConfig | dict | str | None, monitor: str,
+                 stale_trials: str) -> None:
+        super().__init__(None, direction, storage, study_name, n_trials, n_jobs, max_failure_rate,
+                         custom_search_space, params)
+        self.sampler_config: dict[str, Any] = (OmegaConf.to_container(sampler, resolve=True)
+                                               if isinstance(sampler, DictConfig) else dict(sampler))
+        if isinstance(pruner, DictConfig):
+            pruner = OmegaConf.to_container(pruner, resolve=True)
+        self.pruner = pruner
+        self.monitor = monitor
+        if stale_trials not in ("local", "all"):
+            raise ValueError(f"hydra.sweeper.stale_trials={stale_trials!r} (expected local or all)")
+        self.stale_trials = stale_trials
+        if n_trials is not None and int(n_trials) < 0:
+            raise ValueError(f"hydra.sweeper.n_trials={n_trials} (expected >= 0, or null)")
+        if int(n_jobs) < 1:
+            raise ValueError(f"hydra.sweeper.n_jobs={n_jobs} (expected >= 1)")
+
+    # ------------------------------------------------------------------ set-up
+    @property
+    def is_grid(self) -> bool:
+        return self.sampler_config.get("_target_") == "optuna.samplers.GridSampler"
+
+    def _make_sampler(self, position: int, grid: dict[str, list[Any]] | None) -> optuna.samplers.BaseSampler:
+        config = dict(self.sampler_config)
+        if config.get("seed") is not None:
+            config["seed"] = int(config["seed"]) + position
+        sampler = instantiate(config, _execution_whitelist_=_SAMPLER_WHITELIST)
+        if isinstance(sampler, functools.partial):  # GridSampler: the search space comes now
+            sampler = sampler(grid)
+        return sampler
+
+    def _drop_missing_knobs(self, space: dict[str, Any]) -> None:
+        """Remove ``attention.<knob>`` parameters the configured attention block does not take."""
+        if "attention" in space:
+            return  # the block itself is searched: handled per trial (_trial_overrides)
+        attention = OmegaConf.select(self.config, "attention.name")
+        if attention is None:
+            return
+        missing = [name for name in space if self._knob_missing(str(attention), name)]
+        if not missing:
+            return
+        for name in missing:
+            del space[name]
+        knobs = ", ".join(repr(name.split(".", 1)[1]) for name in missing)
+        log.info("attention %r has no knob%s %s: dropped from the search space", str(attention),
+                 "s" if len(missing) > 1 else "", knobs)
+
+    @staticmethod
+    def _knob_missing(block: str, param: str) -> bool:
+        """``param`` is ``attention.<k>`` where ``k`` is a knob of some attention block but not of ``block``."""
+        from paddy.models.attention import ATTENTION_BLOCKS, attention_knobs
+
+        if not param.startswith("attention.") or block not in ATTENTION_BLOCKS:
+            return False
+        knob = param.split(".", 1)[1]
+        every = {k for name in ATTENTION_BLOCKS for k in attention_knobs(name)}
+        return knob in every and knob not in attention_knobs(block)
+
+    @staticmethod
+    def _attention_block(choice: str) -> str:
+        """The block name of attention config ``choice``: ``conf/attention/<choice>.yaml``'s ``name``, or
+        that of the config it extends (``defaults: [cbam]``)."""
+        from paddy.config import config_dir
+
+        for _ in range(5):
+            path = config_dir() / "attention" / f"{choice}.yaml"
+            if not path.is_file():
+                break
+            node = OmegaConf.load(path)
+            if "name" in node:
+                return str(node.name)
+            parents = [d for d in node.get("defaults", []) if isinstance(d, str) and d != "_self_"]
+            if not parents:
+                break
+            choice = parents[0]
+        return choice
+
+    def _target_trials(self, space: dict[str, Any], grid: dict[str, list[Any]] | None) -> int:
+        if grid is not None:
+            size = math.prod(len(v) for v in grid.values())
+            n_trials = size if self.n_trials is None else min(int(self.n_trials), size)
+            log.info("GridSampler: %d grid points (%s); n_trials = %d", size,
+                     " x ".join(f"{k}: {len(v)}" for k, v in grid.items()) or "no parameters", n_trials)
+            return n_trials
+        if self.n_trials is not None:
+            return int(self.n_trials)
+        try:
+            return math.prod(len(self._to_grid_sampler_choices(d)) for d in space.values())
+        except (ValueError, AssertionError) as err:
+            raise ValueError("hydra.sweeper.n_trials=null needs a discrete search space (choice or range "
+                             "parameters only); set hparams_search.n_trials") from err
+
+    def _open_study(self, directions: list[str], grid: dict[str, list[Any]] | None) -> optuna.Study:
+        from paddy.tasks.pruning import make_pruner, open_storage
+
+        if self.storage is None:
+            sweep_dir = Path(str(self.sweep_dir)).resolve()
+            sweep_dir.mkdir(parents=True, exist_ok=True)
+            self.storage = f"sqlite:///{sweep_dir / 'optuna.db'}"
+        storage = open_storage(self.storage)
+        return optuna.create_study(study_name=self.study_name, storage=storage, sampler=self._make_sampler(0, grid),
+                                   pruner=make_pruner(self.pruner), directions=directions, load_if_exists=True)
+
+    # ------------------------------------------------------------------ trial bookkeeping
+    def _interrupt(self, study: optuna.Study, trials: Sequence[Trial | FrozenTrial], reason: str) -> None:
+        """Mark ``trials`` FAIL (interrupted, not counted) and queue a copy of each with the same parameters."""
+        storage = study._storage
+        for trial in trials:
+            frozen = storage.get_trial(trial._trial_id)
+            if frozen.state != TrialState.RUNNING:
+                continue
+            try:
+                storage.set_trial_user_attr(frozen._trial_id, "fail_reason", reason)
+                storage.set_trial_system_attr(frozen._trial_id, INTERRUPTED_ATTR, True)
+                if not storage.set_trial_state_values(frozen._trial_id, TrialState.FAIL):
+                    continue
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue  # another process finished it meanwhile
+            system_attrs = {k: v for k, v in frozen.system_attrs.items() if not k.startswith("paddy:")}
+            system_attrs[RETRY_ATTR] = frozen.number
+            study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, params=frozen.params,
+                                                      distributions=frozen.distributions, system_attrs=system_attrs))
+            log.warning("Trial %d %s: marked FAIL (not counted); its parameters are queued again", frozen.number,
+                        reason)
+
+    def _reclaim_stale(self, study: optuna.Study) -> None:
+        stale, elsewhere = [], []
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            alive = _owner_alive(trial.system_attrs.get(OWNER_ATTR))
+            if alive is False or (alive is None and self.stale_trials == "all"):
+                stale.append(trial)
+            else:
+                elsewhere.append(trial)
+        if stale:
+            self._interrupt(study, stale, "interrupted: its sweep process is gone")
+        if elsewhere:
+            log.info("Trials %s are running in another process: counted as in flight (if that process is gone, "
+                     "re-run with hydra.sweeper.stale_trials=all)", [t.number for t in elsewhere])
+
+    def _surplus(self, study: optuna.Study, trial: Trial, n_trials: int) -> bool:
+        """Whether ``n_trials`` counted trials (finished, running or queued) come before ``trial``."""
+        ahead = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number and _counted(t)]
+        return len(ahead) >= n_trials
+
+    def _ask(self, study: optuna.Study, size: int, n_trials: int, grid: dict[str, list[Any]] | None) -> list[Trial]:
+        asked: list[Trial] = []
+        for _ in range(size):
+            trial = study.ask()
+            study._storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR, self.owner)
+            if self._surplus(study, trial, n_trials):
+                study._storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)
+                log.info("Trial %d: the study already has %d trials finished or in flight: left in the queue",
+                         trial.number, n_trials)
+                break
+            asked.append(trial)
+        return asked
+
+    def _trial_overrides(self, trial: Trial, overrides: Sequence[str]) -> list[str]:
+        overrides = list(overrides)
+        attention = trial.params.get("attention")
+        if attention is not None:  # the attention block is searched: leave out the knobs this one lacks
+            block = self._attention_block(str(attention))
+            overrides = [o for o in overrides if not self._knob_missing(block, o.split("=", 1)[0])]
+        if isinstance(self.storage, str):
+            attach = {"storage": self.storage, "study_name": trial.study.study_name, "trial_number": trial.number,
+                      "monitor": self.monitor, "pruner": self.pruner_spec}
+            overrides.append(f"++optuna={_override_value(attach)}")
+        return overrides
+
+    def _outcome(self, study: optuna.Study, trial: Trial, ret: JobReturn,
+                 n_objectives: int) -> tuple[TrialState, list[float] | None, str | None]:
+        if ret.status == JobStatus.COMPLETED:
+            value = ret._return_value
+            try:
+                values = [float(value)] if n_objectives == 1 else [float(v) for v in value]
+            except (TypeError, ValueError):
+                return TrialState.FAIL, None, f"the job returned {value!r}, not {n_objectives} number(s)"
+            if len(values) != n_objectives:
+                return TrialState.FAIL, None, f"the job returned {len(values)} values for {n_objectives} objectives"
+            if not all(math.isfinite(v) for v in values):
+                return TrialState.FAIL, None, f"non-finite objective {values}"
+            return TrialState.COMPLETE, values, None
+        error = ret._return_value
+        if isinstance(error, optuna.TrialPruned) or "pruned_epoch" in study._storage.get_trial(
+                trial._trial_id).user_attrs:
+            return TrialState.PRUNED, None, None
+        return TrialState.FAIL, None, _reason(error)
+
+    def _record(self, study: optuna.Study, trial: Trial, ret: JobReturn, n_objectives: int) -> TrialState:
+        state, values, reason = self._outcome(study, trial, ret, n_objectives)
+        _release(ret)
+        if study._storage.get_trial(trial._trial_id).state.is_finished():
+            log.warning("Trial %d was finished by another process meanwhile", trial.number)
+            return study._storage.get_trial(trial._trial_id).state
+        if reason is not None:
+            trial.set_user_attr("fail_reason", reason)
+        try:
+            study.tell(trial, state=state, values=values)
+        except RuntimeError as err:  # GridSampler calls study.stop() once the grid is done
+            if "Study.stop" not in str(err):
+                raise
+        if state == TrialState.COMPLETE:
+            log.info("Trial %d COMPLETE: %s; %s", trial.number, values if len(values) > 1 else values[0],
+                     trial.params)
+        elif state == TrialState.PRUNED:
+            log.info("Trial %d PRUNED at epoch %s; %s", trial.number,
+                     study._storage.get_trial(trial._trial_id).user_attrs.get("pruned_epoch"), trial.params)
+        else:
+            log.warning("Trial %d FAIL: %s; %s", trial.number, reason, trial.params)
+        return state
+
+    def _launch(self, study: optuna.Study, trials: list[Trial], overrides: list[list[str]]) -> list[JobReturn]:
+        """Launch the jobs as job numbers = trial numbers; on Ctrl-C mark the trials in flight interrupted."""
+        numbers = [t.number for t in trials]
+        try:
+            if numbers == list(range(numbers[0], numbers[0] + len(numbers))):
+                return list(self.launcher.launch(overrides, initial_job_idx=numbers[0]))
+            return [ret for number, job in zip(numbers, overrides)
+                    for ret in self.launcher.launch([job], initial_job_idx=number)]
+        except Exception as err:  # the launcher itself failed: every trial of the batch fails
+            return [JobReturn(status=JobStatus.FAILED, _return_value=err) for _ in trials]
+        except BaseException as err:
+            self._interrupt(study, trials, f"interrupted: {type(err).__name__}")
+            raise
+
+    # ------------------------------------------------------------------ the loop
+    def sweep(self, arguments: list[str]) -> None:
+        from paddy.tasks.pruning import pruner_spec
+
+        assert self.config is not None and self.launcher is not None
+        self.owner = _owner()
+        self.pruner_spec = pruner_spec(self.pruner)
+        self._process_searchspace_config()
+        params_conf = self._parse_sweeper_params_config()
+        params_conf.extend(arguments)
+        space, fixed_params, fixed_overrides = _impl.create_params_from_overrides(params_conf)
+        for name in fixed_params:
+            space.pop(name, None)
+        self._drop_missing_knobs(space)
+        grid = {name: list(self._to_grid_sampler_choices(d)) for name, d in space.items()} if self.is_grid else None
+        n_trials = self._target_trials(space, grid)
+        directions = self._get_directions()
+        study = self._open_study(directions, grid)
+        self._reclaim_stale(study)
+
+        def counts() -> tuple[list[FrozenTrial], list[FrozenTrial]]:
+            counted = [t for t in study.get_trials(deepcopy=False) if _counted(t)]
+            return ([t for t in counted if t.state in FINISHED], [t for t in counted if t.state == TrialState.RUNNING])
+
+        finished, running = counts()
+        log.info("Study %r (%s) in %s: %d of n_trials=%d finished, %d running elsewhere; sampler %s, pruner %s; "
+                 "search space: %s", study.study_name, "/".join(directions), self.storage, len(finished), n_trials,
+                 len(running), self.sampler_config.get("_target_", "?").rsplit(".", 1)[-1], self.pruner_spec["name"],
+                 ", ".join(space) or "none")
+        allowed = math.floor(self.max_failure_rate * n_trials + 1e-9)
+        # (not the GridSampler: its seed fixes the order of the grid points, the same for every trial)
+        seeded = self.sampler_config.get("seed") is not None and not self.is_grid
+        failures: list[tuple[int, str]] = []
+        ran = 0
+        while True:
+            finished, running = counts()
+            to_go = n_trials - len(finished) - len(running)
+            if to_go <= 0:
+                break
+            trials = self._ask(study, min(int(self.n_jobs), to_go), n_trials, grid)
+            if not trials:
+                break
+            overrides = []
+            for trial in trials:
+                if seeded:  # parameters are sampled now: with seed + trial number
+                    study.sampler = self._make_sampler(trial.number, grid)
+                [job] = self._configure_trials([trial], space, fixed_params, fixed_overrides)
+                overrides.append(self._trial_overrides(trial, job))
+            for trial, ret in zip(trials, self._launch(study, trials, overrides)):
+                ran += 1
+                if self._record(study, trial, ret, len(directions)) == TrialState.FAIL:
+                    failures.append((trial.number, study._storage.get_trial(trial._trial_id).user_attrs.get(
+                        "fail_reason", "?")))
+            if len(failures) > allowed:
+                last = "; ".join(f"trial {n}: {r}" for n, r in failures[-3:])
+                raise SweepFailedError(
+                    f"{len(failures)} of the {ran} trials this sweep ran failed, more than max_failure_rate="
+                    f"{self.max_failure_rate} x n_trials={n_trials} allows ({allowed}). Last failures: {last}. "
+                    "Fix the cause (or raise hparams_search.max_failure_rate) and re-run the same command: "
+                    "the study resumes.")
+        self._save_results(study, n_trials, directions)
+
+    def _save_results(self, study: optuna.Study, n_trials: int, directions: list[str]) -> None:
+        trials = [t for t in study.get_trials(deepcopy=False) if _counted(t)]
+        states = {s.name.lower(): sum(t.state == s for t in trials) for s in FINISHED}
+        results: dict[str, Any] = {"name": "optuna", "study_name": study.study_name, "storage": self.storage,
+                                   "n_trials": n_trials, **states}
+        log.info("Study %r: %s", study.study_name, ", ".join(f"{v} {k}" for k, v in states.items()))
+        if states["complete"] == 0:
+            log.warning("No trial completed")
+        elif len(directions) < 2:
+            best = study.best_trial
+            results.update(best_trial=best.number, best_params=best.params, best_value=best.value)
+            log.info("Best trial %d: value %s, parameters %s", best.number, best.value, best.params)
+        else:
+            results["solutions"] = [{"trial": t.number, "params": t.params, "values": t.values}
+                                    for t in study.best_trials]
+            log.info("Number of Pareto solutions: %d", len(results["solutions"]))
+        Path(str(self.sweep_dir)).mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(OmegaConf.create(results), Path(str(self.sweep_dir)) / "optimization_results.yaml")
+
+
+class PaddyOptunaSweeper(optuna_sweeper.OptunaSweeper):
+    """The Hydra plugin (``hydra/sweeper=paddy_optuna``); the work is done by :class:`PaddyOptunaSweeperImpl`."""
+
+    def __init__(self, sampler: Any, direction: Any, storage: Any | None, study_name: str | None,
+                 n_trials: int | None, n_jobs: int, max_failure_rate: float, custom_search_space: str | None,
+                 params: DictConfig | None, pruner: Any = "median", monitor: str = "val/acc",
+                 stale_trials: str = "local") -> None:
+        self.sweeper = PaddyOptunaSweeperImpl(sampler, direction, storage, study_name, n_trials, n_jobs,
+                                              max_failure_rate, custom_search_space, params, pruner, monitor,
+                                              stale_trials)
+
+
+__all__ = ["PaddyOptunaSweeper", "PaddyOptunaSweeperConf", "PaddyOptunaSweeperImpl", "PrunerConf",
+           "SweepFailedError"]
