@@ -73,3 +73,22 @@ def test_multirun_sweeps_in_multirun_dir(tmp_path: Path):
     lrs = {json.loads((tmp_path / "sweep" / j / "history.json").read_text())["learning_rates_by_group"]["backbone"][0]
            for j in ("0", "1")}
     assert len(lrs) == 2
+
+
+def test_cbam_ablation_runs_four_variants_and_reports_them(tmp_path: Path):
+    sweep = tmp_path / "ablation"
+    result, _ = paddy_train("-m", "experiment=cbam_ablation", "data=synthetic", "backbone.name=test_resnet",
+                            "data.image_size=32", "trainer=debug", "++callbacks.rich_progress_bar=null",
+                            f"hydra.sweep.dir={sweep}", cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = sorted(sweep.glob("*/metrics.json"))
+    assert len(jobs) == 4
+    metrics = [json.loads(p.read_text()) for p in jobs]
+    # none / channel-only / spatial-only / full CBAM: four different networks on one backbone and seed.
+    assert len({m["num_params"] for m in metrics}) == 4
+    assert {m["backbone"] for m in metrics} == {"test_resnet"}
+    configs = [(p.parent / ".hydra" / "config.yaml").read_text() for p in jobs]
+    assert sum("channel: false" in c for c in configs) == 1 and sum("spatial: false" in c for c in configs) == 1
+    report = subprocess.run([sys.executable, "-m", "paddy.report", str(sweep)], capture_output=True, text=True)
+    assert report.returncode == 0, report.stderr
+    assert (sweep / "leaderboard.md").is_file()
