@@ -275,6 +275,10 @@ def leaderboard_row(run: Run) -> dict[str, Any]:
     row["model"] = m.get("model_name") or run.cfg("model.name")
     row["backbone"] = m.get("backbone") or run.cfg("backbone.name")
     row["attention"] = m.get("attention") or run.cfg("attention.name")
+    # CBAM with one half switched off (the ablation's variants) is named so in the tables.
+    for half, other in (("channel", "spatial"), ("spatial", "channel")):
+        if row["attention"] == "cbam" and run.cfg(f"attention.{other}") is False:
+            row["attention"] = f"cbam ({half} only)"
     for column, key in HPARAMS.items():
         row[column] = run.cfg(key)
     row["valid_acc"] = metric_value(m, "val_acc_best")

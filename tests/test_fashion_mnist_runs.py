@@ -91,4 +91,5 @@ def test_cbam_ablation_runs_four_variants_and_reports_them(tmp_path: Path):
     assert sum("channel: false" in c for c in configs) == 1 and sum("spatial: false" in c for c in configs) == 1
     report = subprocess.run([sys.executable, "-m", "paddy.report", str(sweep)], capture_output=True, text=True)
     assert report.returncode == 0, report.stderr
-    assert (sweep / "leaderboard.md").is_file()
+    board = (sweep / "leaderboard.md").read_text()
+    assert "cbam (channel only)" in board and "cbam (spatial only)" in board
