@@ -256,3 +256,19 @@ def test_validation_is_cached(paddy_root: Path, tmp_path: Path, monkeypatch):
     with pytest.raises(DataValidationError, match="100102.jpg"):
         datamodule(PaddyDoctorSource, paddy_root, cache_dir=cache)
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_augmentation_is_seeded(paddy_root: Path, workers: int):
+    """The same seed gives the same augmented batches; another seed gives others."""
+    rgb = {"train": {"RandomResizedCrop": {"size": [32, 32], "scale": [0.3, 1.0]}, "HorizontalFlip": {"p": 0.5},
+                     "ColorJitter": {"brightness": 0.4, "p": 1.0}}, "eval": EVAL_ONLY["eval"]}
+
+    def first_batch(seed: int) -> torch.Tensor:
+        torch.manual_seed(seed)
+        dm = datamodule(PaddyDoctorSource, paddy_root, transforms=rgb, num_workers=workers)
+        dm.shuffle_seed = seed
+        return next(iter(dm.train_dataloader()))[0]
+
+    assert torch.equal(first_batch(1), first_batch(1))
+    assert not torch.equal(first_batch(1), first_batch(2))

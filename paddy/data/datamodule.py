@@ -49,6 +49,12 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
+    def reseed(self, seed: int) -> None:
+        """Seed the augmentation pipeline (albumentations draws from its own generators, which
+        ``seed_everything`` does not reach; unseeded, every run would augment differently)."""
+        if hasattr(self.transform, "set_random_seed"):
+            self.transform.set_random_seed(int(seed) % 2**32)
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor | dict[str, torch.Tensor], int]:
         image = self.reader(i)
         extras = {name: torch.from_numpy(extract(image)) for name, extract in self.features.items()}
@@ -272,7 +278,9 @@ class ImageDataModule(LightningDataModule):
         if split not in self.split_indices:
             raise ValueError(f"{self._where()} has no {split} split (it has: {', '.join(self.split_indices)})")
         transform = self.train_transform if split == "train" else self.eval_transform
-        return ImageDataset(self.split_indices[split], transform, self.features)
+        dataset = ImageDataset(self.split_indices[split], transform, self.features)
+        dataset.reseed(self.shuffle_seed)
+        return dataset
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         dataset = self.dataset(split)
@@ -281,6 +289,7 @@ class ImageDataModule(LightningDataModule):
         return DataLoader(
             dataset, batch_size=batch, sampler=sampler, num_workers=self.num_workers,
             pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0,
+            worker_init_fn=_seed_worker if self.num_workers > 0 else None,
             drop_last=shuffle and len(dataset) > batch,
         )
 
@@ -292,6 +301,19 @@ class ImageDataModule(LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
+
+
+def _seed_worker(worker_id: int) -> None:
+    """Give each loader worker its own augmentation, NumPy and Python seeds, derived from the
+    loader's base seed (drawn from the seeded torch generator), so runs repeat and workers differ."""
+    import random
+
+    info = torch.utils.data.get_worker_info()
+    seed = info.seed % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+    if isinstance(info.dataset, ImageDataset):
+        info.dataset.reseed(seed)
 
 
 def default_num_workers() -> int:
