@@ -78,8 +78,8 @@ def test_multirun_sweeps_in_multirun_dir(tmp_path: Path):
 def test_cbam_ablation_runs_four_variants_and_reports_them(tmp_path: Path):
     sweep = tmp_path / "ablation"
     result, _ = paddy_train("-m", "experiment=cbam_ablation", "data=synthetic", "backbone.name=test_resnet",
-                            "data.image_size=32", "trainer=debug", "++callbacks.rich_progress_bar=null",
-                            f"hydra.sweep.dir={sweep}", cwd=tmp_path, timeout=600)
+                            "data.image_size=32", "trainer=debug", "trainer.max_epochs=1",
+                            "++callbacks.rich_progress_bar=null", f"hydra.sweep.dir={sweep}", cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = sorted(sweep.glob("*/metrics.json"))
     assert len(jobs) == 4
