@@ -270,21 +270,27 @@ def plot_roc(curves: Mapping[str, Mapping[str, list[float]]], metrics: Mapping[s
 # ---------------------------------------------------------------------------------------------- timing
 
 
-def measure_latency(model: torch.nn.Module, sample: Any, device: torch.device, runs: int = 50,
-                    warmup: int = 5) -> dict[str, Any] | None:
-    """Milliseconds per forward pass of one image (batch 1): median and 90th percentile of ``runs``."""
-    if runs < 1:
-        return None
+def _forward_seconds(model: torch.nn.Module, inputs: Any, device: torch.device, runs: int,
+                     warmup: int) -> list[float]:
+    """Wall seconds of each of ``runs`` forward passes on ``inputs``, after ``warmup`` untimed ones."""
     times = []
     with torch.inference_mode():
         for i in range(warmup + runs):
             _sync(device)
             started = time.perf_counter()
-            _forward(model, sample)
+            _forward(model, inputs)
             _sync(device)
             if i >= warmup:
-                times.append((time.perf_counter() - started) * 1000)
-    times.sort()
+                times.append(time.perf_counter() - started)
+    return times
+
+
+def measure_latency(model: torch.nn.Module, sample: Any, device: torch.device, runs: int = 50,
+                    warmup: int = 5) -> dict[str, Any] | None:
+    """Milliseconds per forward pass of one image (batch 1): median and 90th percentile of ``runs``."""
+    if runs < 1:
+        return None
+    times = sorted(t * 1000 for t in _forward_seconds(model, sample, device, runs, warmup))
     return {"median_ms": round(statistics.median(times), 4), "p90_ms": round(times[int(0.9 * (len(times) - 1))], 4),
             "runs": runs, "warmup": warmup, "batch_size": 1}
 
@@ -294,16 +300,7 @@ def measure_batch_throughput(model: torch.nn.Module, batch: Any, device: torch.d
     """Images/s of forward passes on one full eval batch (median time of ``runs``, after ``warmup``)."""
     if runs < 1:
         return None
-    times = []
-    with torch.inference_mode():
-        for i in range(warmup + runs):
-            _sync(device)
-            started = time.perf_counter()
-            _forward(model, batch)
-            _sync(device)
-            if i >= warmup:
-                times.append(time.perf_counter() - started)
-    elapsed = statistics.median(times)
+    elapsed = statistics.median(_forward_seconds(model, batch, device, runs, warmup))
     return round(_batch_len(batch) / elapsed, 1) if elapsed > 0 else None
 
 

@@ -9,12 +9,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import time
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +31,7 @@ from paddy.tasks.ema import EMAWeights
 from paddy.tasks.freeze import FreezeSchedule
 from paddy.tasks.guard import NonFiniteLossGuard
 from paddy.utils.artifacts import best_epoch_summary, measure_throughput, model_size, write_json
-from paddy.utils.runtime import resolve_precision
+from paddy.utils.runtime import logs_muted, resolve_precision
 
 log = logging.getLogger("paddy")
 
@@ -70,17 +68,6 @@ def _quiet_logging() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropAdverts) for f in logger.filters):
             logger.addFilter(_DropAdverts())
-
-
-@contextlib.contextmanager
-def _logs_muted(name: str) -> Iterator[None]:
-    logger = logging.getLogger(name)
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 def _instantiate_all(group: DictConfig | None) -> list[Any]:
@@ -137,7 +124,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     # Build once with a stand-in class count: a bad model config (or a missing weights file, or
     # pretrained weights that cannot be had) fails before any data is read.
-    with _logs_muted("paddy.models"):
+    with logs_muted("paddy.models"):
         try:
             build_model(2, backbone_cfg, attention_cfg, model_cfg)
         except ValueError as err:

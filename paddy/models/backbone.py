@@ -190,8 +190,3 @@ def _drop_pooled_head(model: nn.Module) -> None:
             setattr(model, name, nn.Identity())
     model.head_hidden_size = model.num_features
     model._paddy_dropped_head = True
-
-
-def feature_channels(backbone: nn.Module) -> int:
-    """Channels of the feature map the backbone returns."""
-    return int(backbone.num_features)

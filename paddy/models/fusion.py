@@ -44,7 +44,7 @@ class DCTFusionClassifier(nn.Module):
 
     Args:
         cnn: a feature-map backbone (``B x C x H x W``), e.g. :func:`paddy.models.backbone.create_backbone`.
-        cnn_channels: ``C``, the backbone's output channels (``feature_channels(cnn)``).
+        cnn_channels: ``C``, the backbone's output channels (timm's ``cnn.num_features``).
         num_classes: number of classes.
         dct_dim: length of the DCT feature vector (``block * block``).
         attention: a block on the feature map that keeps its shape; ``None`` = identity.

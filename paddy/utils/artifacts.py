@@ -13,7 +13,9 @@ from torch import nn
 
 def model_size(model: nn.Module) -> tuple[int, float]:
     """(number of parameters, size in MB of parameters + buffers as stored)."""
-    params = sum(p.numel() for p in model.parameters())
+    from paddy.models.factory import count_parameters
+
+    params = count_parameters(model)
     size = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
     return params, size / 1024**2
 

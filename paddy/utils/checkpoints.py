@@ -17,16 +17,16 @@ code: pass ``trusted=False`` for files from elsewhere.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import pickle
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from paddy.utils.runtime import logs_muted
 
 log = logging.getLogger("paddy")
 
@@ -112,17 +112,6 @@ def read_checkpoint(path: str | Path, trusted: bool = True) -> dict[str, Any]:
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
-
-
-@contextlib.contextmanager
-def _quiet(name: str) -> Iterator[None]:
-    logger = logging.getLogger(name)
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 def checkpoint_config(checkpoint: dict[str, Any], path: str | Path = "<checkpoint>") -> tuple[int, list[str], dict]:
@@ -212,7 +201,7 @@ def load_trained_model(ckpt: str | Path, device: str | torch.device | None = "cp
 
     backbone = {**config["backbone"], "pretrained": False, "pretrained_file": None}
     try:
-        with _quiet("paddy.models"):
+        with logs_muted("paddy.models"):
             model = build_model(num_classes, backbone, config.get("attention"), config.get("model"))
     except Exception as err:  # unknown timm name, bad knob, ...: one line naming the checkpoint
         raise CheckpointError(f"{path}: cannot rebuild the network from its config "

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 
 import torch
 
@@ -38,3 +40,15 @@ def resolve_precision(precision: str | int | None, accelerator: str | None) -> s
     if text == "16":
         return "16-mixed"
     return precision
+
+
+@contextlib.contextmanager
+def logs_muted(name: str) -> Iterator[None]:
+    """Silence INFO messages of logger ``name`` (and its children) inside the block."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
