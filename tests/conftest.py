@@ -10,6 +10,7 @@ import csv
 import gzip
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import cv2
@@ -18,6 +19,8 @@ import pytest
 import torch
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+# Verification verdicts and decoded-image caches of the tests' datasets stay out of the user's ~/.cache.
+os.environ.setdefault("PADDY_CACHE_DIR", tempfile.mkdtemp(prefix="paddy-test-cache-"))
 torch.set_num_threads(2)
 
 CLASSES = ["bacterial_leaf_blight", "blast", "normal"]

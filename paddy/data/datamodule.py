@@ -2,24 +2,39 @@
 
 :meth:`ImageDataModule.setup` does all the work that can fail (indexing, verifying every image,
 splitting), so a bad dataset stops a run before a model is built. The per-sample path is
-``reader(i) -> HxWx3 uint8 RGB -> albumentations -> CHW float tensor``; a decoded-image cache can
-wrap the reader and device-side augmentation can hook ``on_after_batch_transfer`` without changing
-this class's constructor or the loaders' batch format ``(images, labels)``.
+``reader(i) -> HxWx3 uint8 RGB -> albumentations -> CHW float tensor``.
+
+Two switches make that path fast enough for a big GPU (see :mod:`paddy.data.cache` and
+:mod:`paddy.data.gpu_augment`):
+
+- ``cache``: the reader reads decoded, slightly shrunk pixels from a memory-mapped file instead of
+  decoding the image file every epoch (filled by the verification pass, which decodes every file
+  anyway);
+- ``gpu_augment``: the training loader ships ``uint8`` pixels and the training augmentation runs on
+  whole batches after they reached the device (``on_after_batch_transfer``).
+
+Either way the loaders' batches reach the model as ``(images, labels)``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import random
+import shutil
+import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from lightning import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from paddy.data.cache import DecodedImageCache, default_short_side, estimated_bytes, parse_cache_mode
 from paddy.data.errors import DataProblem, DataValidationError, summarize_problems
+from paddy.data.gpu_augment import BatchAugment, parse_gpu_augment, unsupported_steps
 from paddy.data.sources import SPLITS, ImageSource, SourceIndex
 from paddy.data.splits import stratified_split, stratified_subset
 from paddy.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform
@@ -28,6 +43,29 @@ from paddy.data.validation import default_cache_dir, validate_image_files
 log = logging.getLogger(__name__)
 
 BAD_IMAGE_POLICIES = ("error", "skip")
+RAW_KEY, RAW_SIZES_KEY = "raw_pixels", "raw_sizes"
+
+
+def collate_raw(samples: list[tuple[dict[str, torch.Tensor], int]]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Batch raw ``H x W x 3`` uint8 images of any sizes: padded at the bottom/right to the largest
+    (repeating the last row and column, so resampling at the border sees no foreign pixels), with
+    each image's real ``(height, width)`` under :data:`RAW_SIZES_KEY`."""
+    images = [inputs[RAW_KEY] for inputs, _ in samples]
+    height, width = max(im.shape[0] for im in images), max(im.shape[1] for im in images)
+    if all(im.shape[:2] == (height, width) for im in images):
+        batch = torch.stack(images)
+    else:
+        batch = torch.empty((len(images), height, width, 3), dtype=torch.uint8)
+        for k, im in enumerate(images):
+            h, w = im.shape[:2]
+            batch[k, :h, :w] = im
+            batch[k, :h, w:] = im[:, -1:]
+            batch[k, h:] = batch[k, h - 1 : h]
+    out = {RAW_KEY: batch, RAW_SIZES_KEY: torch.tensor([im.shape[:2] for im in images], dtype=torch.int32)}
+    for key in samples[0][0]:
+        if key != RAW_KEY:
+            out[key] = torch.stack([inputs[key] for inputs, _ in samples])
+    return out, torch.tensor([label for _, label in samples], dtype=torch.int64)
 
 
 class ImageDataset(Dataset):
@@ -58,8 +96,10 @@ class ImageDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor | dict[str, torch.Tensor], int]:
         image = self.reader(i)
         extras = {name: torch.from_numpy(extract(image)) for name, extract in self.features.items()}
-        if self.transform is not None:
-            image = self.transform(image=image)["image"]
+        if self.transform is None:
+            # Raw pixels for device-side augmentation (see collate_raw).
+            return {RAW_KEY: torch.from_numpy(np.ascontiguousarray(image)), **extras}, int(self.labels[i])
+        image = self.transform(image=image)["image"]
         if extras:
             return {"images": image, **extras}, int(self.labels[i])
         return image, int(self.labels[i])
@@ -101,8 +141,15 @@ class ImageDataModule(LightningDataModule):
         on_bad_image: ``error`` stops with one message naming the problems; ``skip`` drops the bad
             samples and warns with their names.
         transforms: ``{"train": spec, "eval": spec}``, see :mod:`paddy.data.transforms`.
-        cache_dir: where the image-verification cache lives (default ``~/.cache/paddy``);
-            ``False`` disables it.
+        cache_dir: where the image-verification cache and the decoded-image cache live (default
+            ``~/.cache/paddy``); ``False`` disables both.
+        cache: decoded-image cache (:mod:`paddy.data.cache`) for datasets of image files:
+            ``memmap`` (on), ``none`` (off), ``auto`` (on when the disk under ``cache_dir`` has room
+            for it with 20% to spare).
+        cache_size: the cached images' shorter side (default ``ceil(image_size / 0.875)``).
+        gpu_augment: run the training augmentation on whole batches on the training device
+            (:mod:`paddy.data.gpu_augment`): ``true``, ``false``, or ``auto`` (on when training on a
+            CUDA GPU and every training transform can run there).
     """
 
     def __init__(
@@ -125,6 +172,9 @@ class ImageDataModule(LightningDataModule):
         mean: tuple[float, ...] = IMAGENET_MEAN,
         std: tuple[float, ...] = IMAGENET_STD,
         cache_dir: str | Path | bool | None = None,
+        cache: str | bool | None = "auto",
+        cache_size: int | None = None,
+        gpu_augment: str | bool | None = "auto",
     ):
         super().__init__()
         if on_bad_image not in BAD_IMAGE_POLICIES:
@@ -158,6 +208,17 @@ class ImageDataModule(LightningDataModule):
             self.cache_dir = None
         else:
             self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+        self.cache_mode = parse_cache_mode(cache)
+        if cache_size is not None and int(cache_size) < 1:
+            raise ValueError(f"data.cache_size={cache_size} (expected a positive integer or null)")
+        self.cache_size = int(cache_size) if cache_size is not None else default_short_side(self.image_size)
+        self.cache: DecodedImageCache | None = None
+        self.gpu_augment_mode = parse_gpu_augment(gpu_augment)
+        self.train_spec = transforms.get("train")
+        if self.gpu_augment_mode == "true":
+            BatchAugment(self.train_spec or {}, self.mean, self.std)  # fails now if it cannot run the spec
+        self._augment: BatchAugment | None = None
+        self._augment_state: tuple[int, torch.Generator, random.Random] | None = None
         self.features: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
         # The training order per epoch: from the run's seed (set by the pipeline) or split_seed.
         self.shuffle_seed = int(split_seed)
@@ -188,13 +249,19 @@ class ImageDataModule(LightningDataModule):
     def _check(self, index: SourceIndex) -> SourceIndex:
         """Apply ``on_bad_image`` to everything wrong with the dataset."""
         problems = list(index.problems)
+        cache = self._open_cache(index)
+        cached_before = cache is not None and cache.has(None)
+        started = time.perf_counter()
         if index.files is not None:
             problems += validate_image_files(
                 index.files, index.items, cache_dir=self.cache_dir,
                 cache_key=f"{index.name}:{os.path.abspath(self.source.root or '')}",
+                on_image=cache.store if cache is not None else None,
             )
         bad_items = {p.where for p in problems if p.kind in ("missing_file", "unreadable_image")}
         keep = np.array([i for i, item in enumerate(index.items) if item not in bad_items], dtype=np.int64)
+        if cache is not None:
+            self._fill_cache(cache, index, keep, started, cached_before)
         present = set(index.labels[keep].tolist())
         problems += [DataProblem("empty_class", f"class {name!r}", "no usable images")
                      for c, name in enumerate(index.classes)
@@ -210,6 +277,44 @@ class ImageDataModule(LightningDataModule):
         index = index.subset(keep)
         index.problems = []
         return index
+
+    def _open_cache(self, index: SourceIndex) -> DecodedImageCache | None:
+        """The decoded-image cache for this dataset, or None (off, in-memory data, no disk room)."""
+        if self.cache_mode == "none" or index.files is None or not index.files:
+            return None
+        if self.cache_dir is None:
+            if self.cache_mode == "memmap":
+                log.warning("data.cache=memmap needs data.cache_dir (it is off): decoding the image files instead")
+            return None
+        cache = DecodedImageCache(self.cache_dir, index.files, self.cache_size,
+                                  dataset_id=f"{index.name}:{os.path.abspath(self.source.root or '')}")
+        if self.cache_mode == "auto" and not cache.complete:
+            needed = estimated_bytes([index.files[i] for i in cache.missing()], self.cache_size)
+            probe = self.cache_dir
+            while not probe.exists() and probe != probe.parent:
+                probe = probe.parent
+            free = shutil.disk_usage(probe).free
+            if needed * 1.2 > free:
+                log.warning("data.cache=auto: the decoded-image cache needs about %.1f GB and %s has %.1f GB free: "
+                            "decoding the image files every epoch instead", needed / 1e9, probe, free / 1e9)
+                return None
+        return cache
+
+    def _fill_cache(self, cache: DecodedImageCache, index: SourceIndex, keep: np.ndarray, started: float,
+                    already: bool) -> None:
+        """Store what verification did not decode (files it knew from an earlier run), then read from the cache."""
+        cache.fill([int(i) for i in keep], on_error=lambda i, error: None)
+        cache.finish(keep)
+        if not cache.has(keep):  # a file changed between verification and caching: read the files
+            log.warning("decoded-image cache %s is incomplete: decoding the image files instead", cache.directory)
+            return
+        self.cache = cache
+        index.reader = cache.reader()
+        if already:
+            log.info("decoded-image cache: %d images at %d px from %s", len(keep), self.cache_size, cache.directory)
+        else:
+            log.info("decoded-image cache: stored %d images at %d px (%.2f GB) in %.1f s in %s", len(keep),
+                     self.cache_size, cache._end / 1e9, time.perf_counter() - started, cache.directory)
 
     def _split(self, index: SourceIndex) -> dict[str, SourceIndex]:
         """Train/val/test: the layout's own splits where it has them, stratified fractions elsewhere."""
@@ -274,27 +379,70 @@ class ImageDataModule(LightningDataModule):
                       if k in ("block", "size", "normalize")}
             self.features[name] = FEATURE_EXTRACTORS[name](**kwargs)
 
-    def dataset(self, split: str) -> ImageDataset:
+    def dataset(self, split: str, raw: bool = False) -> ImageDataset:
+        """Split ``split``'s dataset; ``raw``: un-augmented uint8 pixels for device-side augmentation."""
         if split not in self.split_indices:
             raise ValueError(f"{self._where()} has no {split} split (it has: {', '.join(self.split_indices)})")
-        transform = self.train_transform if split == "train" else self.eval_transform
+        transform = None if raw else self.train_transform if split == "train" else self.eval_transform
         dataset = ImageDataset(self.split_indices[split], transform, self.features)
         dataset.reseed(self.shuffle_seed)
         return dataset
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        dataset = self.dataset(split)
+    def _loader(self, split: str, shuffle: bool, raw: bool = False) -> DataLoader:
+        dataset = self.dataset(split, raw=raw)
         batch = self.batch_size if split == "train" else self.eval_batch_size
         sampler = EpochSeededSampler(len(dataset), self.shuffle_seed) if shuffle else None
         return DataLoader(
             dataset, batch_size=batch, sampler=sampler, num_workers=self.num_workers,
             pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0,
             worker_init_fn=_seed_worker if self.num_workers > 0 else None,
-            drop_last=shuffle and len(dataset) > batch,
+            drop_last=shuffle and len(dataset) > batch, collate_fn=collate_raw if raw else None,
         )
 
+    def uses_gpu_augment(self, device: torch.device | str | None = None) -> bool:
+        """Whether the training loader hands raw pixels to :class:`BatchAugment` on ``device``
+        (default: the attached trainer's device)."""
+        if self.gpu_augment_mode == "false":
+            return False
+        if self.gpu_augment_mode == "true":
+            return True
+        if device is None:
+            device = self.trainer.strategy.root_device if self.trainer is not None else "cpu"
+        return torch.device(device).type == "cuda" and not unsupported_steps(self.train_spec)
+
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        raw = self.uses_gpu_augment()
+        if raw:
+            self._augment = BatchAugment(self.train_spec or {}, self.mean, self.std)
+            log.info("data.gpu_augment: training augmentation runs on batches on the device")
+        elif self.gpu_augment_mode == "auto" and unsupported_steps(self.train_spec):
+            log.debug("data.gpu_augment=auto: CPU augmentation (%s)", ", ".join(unsupported_steps(self.train_spec)))
+        return self._loader("train", shuffle=True, raw=raw)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Device-side augmentation of raw training batches (a no-op for every other batch)."""
+        inputs, labels = batch
+        if not (isinstance(inputs, dict) and RAW_KEY in inputs):
+            return batch
+        inputs = dict(inputs)
+        images, sizes = inputs.pop(RAW_KEY), inputs.pop(RAW_SIZES_KEY)
+        if self._augment is None:
+            self._augment = BatchAugment(self.train_spec or {}, self.mean, self.std)
+        generator, rng = self._augment_random(images.device)
+        images = self._augment(images, sizes, generator, rng)
+        if inputs:
+            return {"images": images, **inputs}, labels
+        return images, labels
+
+    def _augment_random(self, device: torch.device) -> tuple[torch.Generator, random.Random]:
+        """Generators of the device-side augmentation, seeded from the run's seed and the epoch."""
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        state = self._augment_state
+        if state is None or state[0] != epoch or state[1].device != device:
+            seed = (self.shuffle_seed * 1_000_003 + epoch) % 2**63
+            state = (epoch, torch.Generator(device=device).manual_seed(seed), random.Random(seed))
+            self._augment_state = state
+        return state[1], state[2]
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)

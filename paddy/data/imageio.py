@@ -79,21 +79,27 @@ def _structural_problem(data: bytes) -> str | None:
 
 def check_image_file(path: str | Path) -> str | None:
     """Fully verify one image file. Return None when it is good, else a short reason."""
+    return check_and_decode(path)[0]
+
+
+def check_and_decode(path: str | Path) -> tuple[str | None, np.ndarray | None]:
+    """:func:`check_image_file` that also returns the decoded pixels of a good file: ``(None, image)``
+    when it is good, ``(reason, None)`` when not."""
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
-        return "file not found"
+        return "file not found", None
     except OSError as err:
-        return f"cannot read ({err.strerror or err})"
+        return f"cannot read ({err.strerror or err})", None
     if not data:
-        return "empty file"
+        return "empty file", None
     problem = _structural_problem(data)
     if problem:
-        return problem
+        return problem, None
     try:
         image = decode_image(data, str(path))
     except ImageDecodeError as err:
-        return str(err).split(": ", 1)[-1]
+        return str(err).split(": ", 1)[-1], None
     if image.shape[0] < 2 or image.shape[1] < 2:
-        return f"image is only {image.shape[1]}x{image.shape[0]} px"
-    return None
+        return f"image is only {image.shape[1]}x{image.shape[0]} px", None
+    return None, image

@@ -13,11 +13,14 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
+
 from paddy.data.errors import DataProblem
-from paddy.data.imageio import check_image_file
+from paddy.data.imageio import check_and_decode
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +58,13 @@ def _save_cache(path: Path, files: dict[str, list]) -> None:
 
 
 def validate_image_files(files: list[str], items: list[str] | None = None, cache_dir: str | Path | None = None,
-                         cache_key: str = "", workers: int | None = None) -> list[DataProblem]:
+                         cache_key: str = "", workers: int | None = None,
+                         on_image: Callable[[int, np.ndarray], None] | None = None) -> list[DataProblem]:
     """Return one :class:`DataProblem` per missing or undecodable file (``items`` name them).
 
     With ``cache_dir`` set, files whose size and mtime match a previous good or bad verdict are not
-    decoded again.
+    decoded again. ``on_image(i, pixels)`` receives every good file this call decodes (from the
+    pool's threads), so a decoded-image cache can be filled by the same pass.
     """
     items = items if items is not None else files
     cache_path = _cache_file(Path(cache_dir), cache_key or files[0] if files else "") if cache_dir else None
@@ -89,8 +94,15 @@ def validate_image_files(files: list[str], items: list[str] | None = None, cache
         if len(to_check) > 1000:
             log.info("verifying %d images (decoded once; cached for later runs)...", len(to_check))
         workers = workers or min(8, os.cpu_count() or 1)
+
+        def check(i: int) -> str | None:
+            reason, image = check_and_decode(files[i])
+            if image is not None and on_image is not None:
+                on_image(i, image)
+            return reason
+
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            reasons = list(pool.map(check_image_file, [files[i] for i in to_check], chunksize=64))
+            reasons = list(pool.map(check, to_check, chunksize=64))
         for i, reason in zip(to_check, reasons):
             verdicts[os.path.abspath(files[i])][2] = reason
             if reason is not None:
