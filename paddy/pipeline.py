@@ -31,7 +31,7 @@ from paddy.tasks.ema import EMAWeights
 from paddy.tasks.freeze import FreezeSchedule
 from paddy.tasks.guard import NonFiniteLossGuard
 from paddy.utils.artifacts import best_epoch_summary, measure_throughput, model_size, write_json
-from paddy.utils.runtime import logs_muted, resolve_precision
+from paddy.utils.runtime import gpu_trainer_defaults, logs_muted, resolve_channels_last, resolve_precision, uses_gpu
 
 log = logging.getLogger("paddy")
 
@@ -90,7 +90,9 @@ def recipe_callbacks(cfg: DictConfig) -> list[L.Callback]:
         callbacks.append(EMAWeights(decay=float(ema.get("decay", 0.999))))
     guard = cfg.get("trainer_guard") or {}
     if guard.get("enabled", True):
-        callbacks.append(NonFiniteLossGuard(max_bad_steps=int(guard.get("max_bad_steps", 5))))
+        every = guard.get("check_every_n_steps")
+        callbacks.append(NonFiniteLossGuard(max_bad_steps=int(guard.get("max_bad_steps", 5)),
+                                            check_every_n_steps=None if every is None else int(every)))
     if cfg.get("optuna"):
         # A trial of paddy's Optuna sweeper (++optuna={storage,study_name,trial_number,monitor,pruner}).
         from paddy.tasks.pruning import OptunaPruning
@@ -108,10 +110,11 @@ def build_datamodule(cfg: DictConfig) -> ImageDataModule:
     return datamodule
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
+def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> dict[str, Any]:
     """Train (and test) as ``cfg`` says; write the run artifacts into ``cfg.paths.output_dir``.
 
-    Returns the final metrics (the contents of ``metrics.json``).
+    ``extra_callbacks`` join the configured ones (for instruments such as the throughput benchmark's
+    step timer). Returns the final metrics (the contents of ``metrics.json``).
     """
     _quiet_logging()
     started = time.perf_counter()
@@ -138,6 +141,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     net = build_model(datamodule.num_classes, backbone_cfg, attention_cfg, model_cfg)
     datamodule.request_features(getattr(net, "input_features", ()), model_cfg)
     num_params, size_mb = model_size(net)
+    trainer_options = gpu_trainer_defaults(OmegaConf.to_container(cfg.trainer, resolve=True))
+    trainer_options["precision"] = resolve_precision(trainer_options.get("precision"),
+                                                     trainer_options.get("accelerator"))
+    channels_last = resolve_channels_last(model_cfg.get("channels_last"), uses_gpu(trainer_options.get("accelerator")))
     log.info("Model: %s = %s + attention %s (%.2f M parameters) for %d classes", model_cfg.get("name"),
              backbone_cfg["name"], attention_cfg.get("name", "none"), num_params / 1e6, datamodule.num_classes)
     task = ClassificationTask(
@@ -147,11 +154,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         label_smoothing=model_cfg.get("label_smoothing", 0.0),
         class_names=list(datamodule.classes),
         config=OmegaConf.to_container(cfg, resolve=True),
-        channels_last=bool(model_cfg.get("channels_last", False)),
+        channels_last=channels_last,
         mixup=OmegaConf.to_container(cfg.mixup, resolve=True) if cfg.get("mixup") else None,
     )
 
-    if model_cfg.get("channels_last"):
+    if channels_last:
         task.model.to(memory_format=torch.channels_last)
     if model_cfg.get("compile"):
         # In place (nn.Module.compile): state-dict keys and checkpoints stay those of the plain model.
@@ -159,13 +166,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         task.model.compile()
 
     history = RunHistory(output_dir)
-    callbacks = _instantiate_all(cfg.get("callbacks")) + recipe_callbacks(cfg) + [history]
+    callbacks = _instantiate_all(cfg.get("callbacks")) + recipe_callbacks(cfg) + [history, *(extra_callbacks or [])]
     loggers = _instantiate_all(cfg.get("logger"))
     if not loggers:  # logger=none: callbacks that only feed a logger have nothing to write to
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    trainer_options = OmegaConf.to_container(cfg.trainer, resolve=True)
-    trainer_options["precision"] = resolve_precision(trainer_options.get("precision"),
-                                                     trainer_options.get("accelerator"))
     trainer = L.Trainer(**trainer_options, callbacks=callbacks, logger=loggers or False)
 
     ckpt_path = resolve_resume(cfg.get("ckpt_path"), cfg.get("resume"), output_dir)

@@ -62,7 +62,7 @@ class ClassificationTask(LightningModule):
         self.class_tags = class_tag_names(class_names, num_classes)
         self.last_confusion: dict[str, torch.Tensor] = {}
         self.last_f1_class: dict[str, torch.Tensor] = {}
-        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        self.train_loss, self.val_loss, self.test_loss = MeanMetric(nan_strategy="disable"), MeanMetric(), MeanMetric()
         self.val_acc_best, self.val_f1_best = MaxMetric(), MaxMetric()
         # Best-so-far values travel in checkpoints, so a resumed run keeps its record.
         self.val_acc_best.persistent(True)
@@ -93,7 +93,11 @@ class ClassificationTask(LightningModule):
             loss = torch.sum(-soft_targets * torch.log_softmax(logits.float(), dim=-1), dim=-1).mean()
         else:
             loss, logits, labels = self._shared_step(batch)
-        self.train_loss(loss.detach())
+        # update(), not __call__: no per-batch value is computed. A non-finite loss (a step the guard
+        # skips) gets weight 0, decided on the device (torchmetrics' own NaN check reads a bool back).
+        loss_value = loss.detach()
+        finite = torch.isfinite(loss_value)
+        self.train_loss.update(torch.where(finite, loss_value, torch.zeros_like(loss_value)), finite.float())
         self.train_metrics.update(logits.detach(), labels)
         self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True, prog_bar=True)
@@ -101,7 +105,7 @@ class ClassificationTask(LightningModule):
 
     def validation_step(self, batch: tuple[Any, torch.Tensor], batch_idx: int) -> None:
         loss, logits, labels = self._shared_step(batch)
-        self.val_loss(loss)
+        self.val_loss.update(loss)
         self.val_metrics.update(logits, labels)
         self.val_class_metrics.update(logits, labels)
         self.log("val/loss", self.val_loss, on_step=False, on_epoch=True, prog_bar=True)
@@ -118,7 +122,7 @@ class ClassificationTask(LightningModule):
 
     def test_step(self, batch: tuple[Any, torch.Tensor], batch_idx: int) -> None:
         loss, logits, labels = self._shared_step(batch)
-        self.test_loss(loss)
+        self.test_loss.update(loss)
         self.test_metrics.update(logits, labels)
         self.test_class_metrics.update(logits, labels)
         self.log("test/loss", self.test_loss, on_step=False, on_epoch=True)

@@ -47,16 +47,35 @@ def parameter_groups(model: nn.Module, lr: float, head_lr: float | None, weight_
     return groups
 
 
+def fused_available(optimizer_class: type[torch.optim.Optimizer], params: Iterable[nn.Parameter]) -> bool:
+    """Whether torch has a fused (one kernel for all parameters) implementation of ``optimizer_class``
+    for these parameters: Adam, AdamW and SGD on CUDA or CPU floating-point tensors."""
+    if optimizer_class not in (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD):
+        return False
+    params = list(params)
+    return bool(params) and all(p.is_floating_point() and p.device.type in ("cuda", "cpu") for p in params)
+
+
 def create_optimizer(model: nn.Module, name: str = "adamw", lr: float = 1e-3, head_lr: float | None = None,
-                     weight_decay: float = 0.0, **kwargs) -> torch.optim.Optimizer:
-    """``name`` in :data:`OPTIMIZERS`; ``kwargs`` go to the torch optimizer (betas, momentum, ...)."""
+                     weight_decay: float = 0.0, fused: bool | None = None, **kwargs) -> torch.optim.Optimizer:
+    """``name`` in :data:`OPTIMIZERS`; ``kwargs`` go to the torch optimizer (betas, momentum, ...).
+
+    ``fused``: torch's fused implementation (one kernel per step instead of a few per parameter);
+    ``None`` (default): fused whenever torch has one for these parameters.
+    """
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r} (conf/optimizer has: {', '.join(OPTIMIZERS)})")
     if lr <= 0 or (head_lr is not None and head_lr <= 0):
         raise ValueError(f"optimizer.lr={lr}, optimizer.head_lr={head_lr}: learning rates must be > 0")
     if weight_decay < 0:
         raise ValueError(f"optimizer.weight_decay={weight_decay} (expected >= 0)")
-    return OPTIMIZERS[name](parameter_groups(model, lr, head_lr, weight_decay), lr=lr, **kwargs)
+    groups = parameter_groups(model, lr, head_lr, weight_decay)
+    optimizer_class = OPTIMIZERS[name]
+    if fused is None:
+        fused = fused_available(optimizer_class, (p for group in groups for p in group["params"]))
+    if fused:
+        kwargs["fused"] = True
+    return optimizer_class(groups, lr=lr, **kwargs)
 
 
 def cosine_with_warmup(step: int, total_steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.0) -> float:

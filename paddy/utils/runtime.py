@@ -42,6 +42,28 @@ def resolve_precision(precision: str | int | None, accelerator: str | None) -> s
     return precision
 
 
+def resolve_channels_last(value: object, on_gpu: bool) -> bool:
+    """``model.channels_last``: ``auto``/null = on a GPU (NHWC convolutions use its tensor cores;
+    on a CPU they gain little), or an explicit true/false."""
+    if value is None or str(value).lower() == "auto":
+        return on_gpu
+    if isinstance(value, bool):
+        return value
+    text = str(value).lower()
+    if text in ("true", "false"):
+        return text == "true"
+    raise ValueError(f"model.channels_last={value!r} (expected auto, true or false)")
+
+
+def gpu_trainer_defaults(options: dict) -> dict:
+    """Trainer options with the fast GPU defaults filled in: cuDNN autotuning (``benchmark``) when
+    left null and the run is not ``deterministic``. Off a GPU the options are returned as they are."""
+    options = dict(options)
+    if uses_gpu(options.get("accelerator")) and options.get("benchmark") is None and not options.get("deterministic"):
+        options["benchmark"] = True
+    return options
+
+
 @contextlib.contextmanager
 def logs_muted(name: str) -> Iterator[None]:
     """Silence INFO messages of logger ``name`` (and its children) inside the block."""
