@@ -110,6 +110,46 @@ def build_datamodule(cfg: DictConfig) -> ImageDataModule:
     return datamodule
 
 
+def trainer_settings(cfg: DictConfig) -> dict[str, Any]:
+    """``cfg.trainer`` as Trainer arguments, with the precision the device can run and the GPU defaults."""
+    options = gpu_trainer_defaults(OmegaConf.to_container(cfg.trainer, resolve=True))
+    options["precision"] = resolve_precision(options.get("precision"), options.get("accelerator"))
+    return options
+
+
+def build_task(cfg: DictConfig, net: torch.nn.Module, class_names: list[str], on_gpu: bool) -> ClassificationTask:
+    """The LightningModule of a run: ``net`` with ``cfg.optimizer``/``scheduler``/``model`` options,
+    in channels_last memory format and compiled when the config says so."""
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    channels_last = resolve_channels_last(model_cfg.get("channels_last"), on_gpu)
+    task = ClassificationTask(
+        net, len(class_names),
+        optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
+        scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True),
+        label_smoothing=model_cfg.get("label_smoothing", 0.0),
+        class_names=list(class_names),
+        config=OmegaConf.to_container(cfg, resolve=True),
+        channels_last=channels_last,
+        mixup=OmegaConf.to_container(cfg.mixup, resolve=True) if cfg.get("mixup") else None,
+    )
+    if channels_last:
+        task.model.to(memory_format=torch.channels_last)
+    if model_cfg.get("compile"):
+        # In place (nn.Module.compile): state-dict keys and checkpoints stay those of the plain model.
+        log.info("model.compile=true: torch.compile of the network (the first steps take a while to compile)")
+        task.model.compile()
+    return task
+
+
+def build_trainer(cfg: DictConfig, trainer_options: dict[str, Any], extra_callbacks: list[L.Callback]) -> L.Trainer:
+    """A Trainer with the configured callbacks and loggers, the recipe callbacks and ``extra_callbacks``."""
+    callbacks = _instantiate_all(cfg.get("callbacks")) + recipe_callbacks(cfg) + list(extra_callbacks)
+    loggers = _instantiate_all(cfg.get("logger"))
+    if not loggers:  # logger=none: callbacks that only feed a logger have nothing to write to
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    return L.Trainer(**trainer_options, callbacks=callbacks, logger=loggers or False)
+
+
 def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> dict[str, Any]:
     """Train (and test) as ``cfg`` says; write the run artifacts into ``cfg.paths.output_dir``.
 
@@ -141,36 +181,12 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> d
     net = build_model(datamodule.num_classes, backbone_cfg, attention_cfg, model_cfg)
     datamodule.request_features(getattr(net, "input_features", ()), model_cfg)
     num_params, size_mb = model_size(net)
-    trainer_options = gpu_trainer_defaults(OmegaConf.to_container(cfg.trainer, resolve=True))
-    trainer_options["precision"] = resolve_precision(trainer_options.get("precision"),
-                                                     trainer_options.get("accelerator"))
-    channels_last = resolve_channels_last(model_cfg.get("channels_last"), uses_gpu(trainer_options.get("accelerator")))
     log.info("Model: %s = %s + attention %s (%.2f M parameters) for %d classes", model_cfg.get("name"),
              backbone_cfg["name"], attention_cfg.get("name", "none"), num_params / 1e6, datamodule.num_classes)
-    task = ClassificationTask(
-        net, datamodule.num_classes,
-        optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
-        scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True),
-        label_smoothing=model_cfg.get("label_smoothing", 0.0),
-        class_names=list(datamodule.classes),
-        config=OmegaConf.to_container(cfg, resolve=True),
-        channels_last=channels_last,
-        mixup=OmegaConf.to_container(cfg.mixup, resolve=True) if cfg.get("mixup") else None,
-    )
-
-    if channels_last:
-        task.model.to(memory_format=torch.channels_last)
-    if model_cfg.get("compile"):
-        # In place (nn.Module.compile): state-dict keys and checkpoints stay those of the plain model.
-        log.info("model.compile=true: torch.compile of the network (the first steps take a while to compile)")
-        task.model.compile()
-
+    trainer_options = trainer_settings(cfg)
+    task = build_task(cfg, net, list(datamodule.classes), uses_gpu(trainer_options.get("accelerator")))
     history = RunHistory(output_dir)
-    callbacks = _instantiate_all(cfg.get("callbacks")) + recipe_callbacks(cfg) + [history, *(extra_callbacks or [])]
-    loggers = _instantiate_all(cfg.get("logger"))
-    if not loggers:  # logger=none: callbacks that only feed a logger have nothing to write to
-        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    trainer = L.Trainer(**trainer_options, callbacks=callbacks, logger=loggers or False)
+    trainer = build_trainer(cfg, trainer_options, [history, *(extra_callbacks or [])])
 
     ckpt_path = resolve_resume(cfg.get("ckpt_path"), cfg.get("resume"), output_dir)
     log.info("Training for at most %s epochs; run directory: %s", trainer.max_epochs, output_dir)
@@ -268,4 +284,5 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-__all__ = ["RunConfigError", "build_datamodule", "resolve_resume", "train"]
+__all__ = ["RunConfigError", "build_datamodule", "build_task", "build_trainer", "resolve_resume", "train",
+           "trainer_settings"]
