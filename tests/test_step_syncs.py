@@ -132,3 +132,25 @@ def test_guard_with_deferred_checks_skips_and_stops_at_the_right_step(fused: boo
     assert (caught.value.epoch, caught.value.step, caught.value.bad_steps) == (0, 3, 3)
     assert caught.value.last_finite_loss == pytest.approx(probe.losses[0])
     assert probe.moved == {0: True, 1: False, 2: False, 3: False}
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "32-true"])
+def test_gradients_of_fused_optimizers_are_clipped(precision: str):
+    """Lightning refuses to clip for fused optimizers under mixed precision; paddy clips them itself."""
+
+    class GradNorm(L.Callback):
+        norms: list[float] = []
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+            self.norms.append(float(torch.nn.utils.get_total_norm(grads)))
+
+    L.seed_everything(0, verbose=False)
+    probe = GradNorm()
+    fit = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=2, limit_val_batches=0,
+                    precision=precision, gradient_clip_val=1e-3, logger=False, enable_checkpointing=False,
+                    enable_progress_bar=False, enable_model_summary=False, callbacks=[probe])
+    model = task()
+    fit.fit(model, datamodule=datamodule())
+    assert fit.optimizers[0].defaults["fused"] is True
+    assert len(probe.norms) == 2 and all(n <= 1e-3 * 1.01 for n in probe.norms), probe.norms

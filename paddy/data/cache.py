@@ -39,6 +39,7 @@ import cv2
 import numpy as np
 
 from paddy.data.imageio import ImageDecodeError, read_image
+from paddy.utils.runtime import available_cores
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +238,7 @@ class DecodedImageCache:
             except ImageDecodeError as err:
                 return i, None, str(err)
 
-        workers = workers or min(8, os.cpu_count() or 1)
+        workers = workers or min(32, available_cores())
         done = 0
         with ThreadPoolExecutor(max_workers=workers) as pool:
             for start in range(0, len(todo), 256):  # bounded memory: 256 decoded images in flight

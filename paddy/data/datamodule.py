@@ -39,6 +39,7 @@ from paddy.data.sources import SPLITS, ImageSource, SourceIndex
 from paddy.data.splits import stratified_split, stratified_subset
 from paddy.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform
 from paddy.data.validation import default_cache_dir, validate_image_files
+from paddy.utils.runtime import available_cores
 
 log = logging.getLogger(__name__)
 
@@ -466,8 +467,4 @@ def _seed_worker(worker_id: int) -> None:
 
 def default_num_workers() -> int:
     """Loader processes: the cores this process may use, less one for the training loop, at most 8."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    return max(0, min(8, cores - 1))
+    return max(0, min(8, available_cores() - 1))

@@ -21,6 +21,7 @@ import numpy as np
 
 from paddy.data.errors import DataProblem
 from paddy.data.imageio import check_and_decode
+from paddy.utils.runtime import available_cores
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ def validate_image_files(files: list[str], items: list[str] | None = None, cache
     if to_check:
         if len(to_check) > 1000:
             log.info("verifying %d images (decoded once; cached for later runs)...", len(to_check))
-        workers = workers or min(8, os.cpu_count() or 1)
+        workers = workers or min(32, available_cores())
 
         def check(i: int) -> str | None:
             reason, image = check_and_decode(files[i])

@@ -152,6 +152,23 @@ class ClassificationTask(LightningModule):
         self.last_confusion[split] = extra[f"{split}/confusion"].detach().to("cpu", torch.int64)
         return values
 
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        """Lightning's clipping, except for fused optimizers under mixed precision, which Lightning
+        refuses to clip (they unscale fp16 gradients inside their step): paddy unscales first when a
+        GradScaler is active (the scaler then skips its own unscaling) and clips here."""
+        if not gradient_clip_val or not getattr(optimizer, "_step_supports_amp_scaling", False):
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            return
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        if scaler is not None and scaler.is_enabled():
+            scaler.unscale_(optimizer)
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if str(gradient_clip_algorithm or "norm") == "value":
+            torch.nn.utils.clip_grad_value_(params, float(gradient_clip_val))
+        else:
+            torch.nn.utils.clip_grad_norm_(params, float(gradient_clip_val))
+
     def configure_optimizers(self) -> Any:
         options = dict(self.hparams.optimizer or {})
         optimizer = create_optimizer(self.model, **options)

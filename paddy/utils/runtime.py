@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterator
 
 import torch
@@ -12,6 +13,14 @@ log = logging.getLogger(__name__)
 
 _HALF = {"16", "16-mixed", "16-true"}
 _BF16 = {"bf16", "bf16-mixed"}
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. a Slurm allocation), else all."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return os.cpu_count() or 1
 
 
 def uses_gpu(accelerator: str | None) -> bool:
