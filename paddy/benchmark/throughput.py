@@ -370,7 +370,8 @@ def run(options: dict[str, str], overrides: list[str]) -> int:
     formats = {"img_s": ".0f", "first_epoch_img_s": ".0f", "ratio": ".3f", "command_to_first_step_s": ".1f",
                "command_wall_s": ".1f", "val_acc_best": ".3f"}
     stem = result_stem(opts.get("out") or "benchmarks/results/throughput", "throughput")
-    title = f"Training throughput: {model}, batch {batch_size}, {image_size} px, {settings.precision}, {device.type}"
+    precision_name = {"32": "fp32", "bf16": "bf16", "16": "fp16"}[settings.precision]
+    title = f"Training throughput: {model}, batch {batch_size}, {image_size} px, {precision_name}, {device.type}"
     notes = [f"ratio: paddy in-device / raw loop; JPEG fast path / paddy in-device; plain loader / fast path. "
              f"JPEG rows: {epochs} epochs with validation every epoch and a final test, cache {cache_state}; "
              f"train img/s = median of the epochs after the first; times include {import_s:.1f} s of imports."]
