@@ -258,3 +258,29 @@ def test_train_with_cache_and_device_augmentation(paddy_root: Path, tmp_path: Pa
     output = result.stdout + result.stderr
     assert "decoded-image cache: stored" in output and "gpu_augment" in output
     assert (run / "metrics.json").is_file()
+
+
+def test_two_processes_fill_one_cache_once(tmp_path: Path):
+    """DDP ranks or parallel sweep trials on a cold cache: one fills it, the other waits and reads it."""
+    import json
+    import subprocess
+    import sys
+
+    root = photo_root(tmp_path / "paddy", per_class=6)
+    script = (
+        "import sys; from paddy.data import ImageDataModule, PaddyDoctorSource\n"
+        "dm = ImageDataModule(PaddyDoctorSource(root=sys.argv[1]), image_size=32, num_workers=0, cache='memmap',\n"
+        "                     cache_size=40, cache_dir=sys.argv[2])\n"
+        "dm.setup('fit'); print(dm.cache.directory)\n"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(root), str(tmp_path / "cache")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outputs]
+    directory = Path(outputs[0][0].strip())
+    assert outputs[1][0].strip() == str(directory)
+    meta = json.loads((directory / "meta.json").read_text())
+    shapes = np.load(directory / "index.npz")["shapes"]
+    assert meta["stored"] == len(shapes) == 18
+    # Every image stored once: the pixel file holds exactly the images' bytes.
+    assert (directory / "pixels.u8").stat().st_size == int((shapes[:, 0] * shapes[:, 1] * 3).sum())

@@ -17,13 +17,17 @@ The pixels are those training would see anyway, minus resolution: ``short_side``
 crops and the eval resize + centre crop work on the same picture at slightly less detail than the
 original file.
 
-Thread-safety: :meth:`DecodedImageCache.store` may be called from many threads (the verification
+Concurrency: processes that open the same cache (DDP ranks, parallel sweep trials) fill it one at a
+time (:meth:`DecodedImageCache.exclusive`, a lock file); the later ones find it complete.
+:meth:`DecodedImageCache.store` may be called from many threads (the verification
 pass decodes every file anyway and hands its pixels over, so a cold cache costs no extra decode);
 readers are plain picklable objects that open the memory map lazily in each loader worker.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -31,7 +35,7 @@ import math
 import os
 import shutil
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -195,6 +199,19 @@ class DecodedImageCache:
         meta = {"version": CACHE_VERSION, "key": self.key, "short_side": self.short_side, "images": len(self.files),
                 "stored": int((self.offsets >= 0).sum()), "bytes": self._end}
         (self.directory / "meta.json").write_text(json.dumps(meta))
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the cache's lock file (other processes filling the same cache wait: DDP ranks,
+        parallel sweep trials), then re-read what they stored meanwhile."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / f"{self.directory.name}.lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                self._load()
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     # ------------------------------------------------------------------ writing
 

@@ -18,6 +18,7 @@ Either way the loaders' batches reach the model as ``(images, labels)``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -251,18 +252,19 @@ class ImageDataModule(LightningDataModule):
         """Apply ``on_bad_image`` to everything wrong with the dataset."""
         problems = list(index.problems)
         cache = self._open_cache(index)
-        cached_before = cache is not None and cache.has(None)
-        started = time.perf_counter()
-        if index.files is not None:
-            problems += validate_image_files(
-                index.files, index.items, cache_dir=self.cache_dir,
-                cache_key=f"{index.name}:{os.path.abspath(self.source.root or '')}",
-                on_image=cache.store if cache is not None else None,
-            )
-        bad_items = {p.where for p in problems if p.kind in ("missing_file", "unreadable_image")}
-        keep = np.array([i for i, item in enumerate(index.items) if item not in bad_items], dtype=np.int64)
-        if cache is not None:
-            self._fill_cache(cache, index, keep, started, cached_before)
+        with cache.exclusive() if cache is not None else contextlib.nullcontext():
+            cached_before = cache is not None and cache.has(None)
+            started = time.perf_counter()
+            if index.files is not None:
+                problems += validate_image_files(
+                    index.files, index.items, cache_dir=self.cache_dir,
+                    cache_key=f"{index.name}:{os.path.abspath(self.source.root or '')}",
+                    on_image=cache.store if cache is not None else None,
+                )
+            bad_items = {p.where for p in problems if p.kind in ("missing_file", "unreadable_image")}
+            keep = np.array([i for i, item in enumerate(index.items) if item not in bad_items], dtype=np.int64)
+            if cache is not None:
+                self._fill_cache(cache, index, keep, started, cached_before)
         present = set(index.labels[keep].tolist())
         problems += [DataProblem("empty_class", f"class {name!r}", "no usable images")
                      for c, name in enumerate(index.classes)
