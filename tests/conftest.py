@@ -145,3 +145,18 @@ def fashion_mnist_root(tmp_path: Path, rng: np.random.Generator) -> Path:
         write_idx(root / f"{split}-images-idx3-ubyte.gz", images)
         write_idx(root / f"{split}-labels-idx1-ubyte.gz", labels)
     return root
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One short trained run (synthetic data, tiny ResNet, 32 px) shared by the tests of the commands
+    that read run directories (evaluate, predict, export)."""
+    from paddy.config import compose_config
+    from paddy.pipeline import train
+
+    out = tmp_path_factory.mktemp("run")
+    overrides = ["data=synthetic", "backbone.name=test_resnet", "data.image_size=32", "trainer=debug",
+                 "data.num_workers=0", "trainer.limit_test_batches=1.0", "logger=csv",
+                 "++callbacks.rich_progress_bar=null", f"paths.output_dir={out}"]
+    train(compose_config(overrides))
+    return out

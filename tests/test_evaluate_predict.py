@@ -14,30 +14,17 @@ import numpy as np
 import pytest
 import torch
 
-from paddy.config import compose_config
 from paddy.evaluate import EvaluationError, evaluate
-from paddy.pipeline import train
 from paddy.predict import collect_inputs, predict
 from paddy.utils.checkpoints import CheckpointError, load_trained_model, resolve_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
-RUN_OVERRIDES = [
-    "data=synthetic", "backbone.name=test_resnet", "data.image_size=32", "trainer=debug", "data.num_workers=0",
-    "trainer.limit_test_batches=1.0", "logger=csv", "++callbacks.rich_progress_bar=null",
-]
 
 
 def _cli(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "NO_ALBUMENTATIONS_UPDATE": "1"}
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=120)
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("run")
-    train(compose_config([*RUN_OVERRIDES, f"paths.output_dir={out}"]))
-    return out
 
 
 @pytest.fixture(scope="module")

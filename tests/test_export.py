@@ -17,16 +17,10 @@ import pytest
 import torch
 
 import paddy
-from paddy.config import compose_config
 from paddy.export import DEFAULT_ATOL, ExportError, export, export_model
-from paddy.pipeline import train
 from paddy.utils.checkpoints import CheckpointError, load_trained_model
 
 REPO = Path(__file__).resolve().parents[1]
-RUN_OVERRIDES = [
-    "data=synthetic", "backbone.name=test_resnet", "data.image_size=32", "trainer=debug", "data.num_workers=0",
-    "trainer.limit_test_batches=1.0", "logger=csv", "++callbacks.rich_progress_bar=null",
-]
 FAST = ["latency_runs=3", "warmup_runs=1", "throughput_runs=1"]
 
 
@@ -46,13 +40,6 @@ def _session(path: Path) -> ort.InferenceSession:
 def _torch_logits(model: torch.nn.Module, images: torch.Tensor, **extra: torch.Tensor) -> np.ndarray:
     with torch.inference_mode():
         return model(images, **extra).numpy()
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("run")
-    train(compose_config([*RUN_OVERRIDES, f"paths.output_dir={out}"]))
-    return out
 
 
 @pytest.fixture(scope="module")
