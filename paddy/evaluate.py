@@ -43,6 +43,7 @@ from omegaconf import DictConfig, OmegaConf
 import paddy  # noqa: F401  (sets the offline environment before albumentations is imported)
 from paddy.config import TRUSTED_TARGETS, config_dir
 from paddy.utils.checkpoints import CheckpointError, load_trained_model, resolve_checkpoint, run_dir_of
+from paddy.utils.runtime import resolve_channels_last, time_steps
 
 log = logging.getLogger("paddy")
 
@@ -96,11 +97,6 @@ def _forward(model: torch.nn.Module, inputs: Any) -> torch.Tensor:
 
 def _batch_len(inputs: Any) -> int:
     return len(inputs["images"]) if isinstance(inputs, dict) else len(inputs)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 # ---------------------------------------------------------------------------------------------- metrics
@@ -273,16 +269,8 @@ def plot_roc(curves: Mapping[str, Mapping[str, list[float]]], metrics: Mapping[s
 def _forward_seconds(model: torch.nn.Module, inputs: Any, device: torch.device, runs: int,
                      warmup: int) -> list[float]:
     """Wall seconds of each of ``runs`` forward passes on ``inputs``, after ``warmup`` untimed ones."""
-    times = []
     with torch.inference_mode():
-        for i in range(warmup + runs):
-            _sync(device)
-            started = time.perf_counter()
-            _forward(model, inputs)
-            _sync(device)
-            if i >= warmup:
-                times.append(time.perf_counter() - started)
-    return times
+        return time_steps(lambda: _forward(model, inputs), runs, warmup, device)
 
 
 def measure_latency(model: torch.nn.Module, sample: Any, device: torch.device, runs: int = 50,
@@ -333,7 +321,8 @@ def evaluate(ckpt_path: str | Path, split: str = "test", data_config: Mapping[st
     ckpt = resolve_checkpoint(ckpt_path)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, class_names, run_config = load_trained_model(ckpt, device=device, weights=weights)
-    channels_last = bool((run_config.get("model") or {}).get("channels_last")) and device.type == "cuda"
+    channels_last = resolve_channels_last((run_config.get("model") or {}).get("channels_last"),
+                                          device.type == "cuda") and device.type == "cuda"
     if channels_last:
         model.to(memory_format=torch.channels_last)
 

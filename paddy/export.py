@@ -49,7 +49,6 @@ import inspect
 import json
 import logging
 import platform
-import re
 import statistics
 import sys
 import time
@@ -66,8 +65,8 @@ from torch import nn
 
 import paddy  # noqa: F401  (sets the offline environment before albumentations is imported)
 from paddy.config import TRUSTED_TARGETS, config_dir
-from paddy.utils.checkpoints import CheckpointError, load_trained_model, resolve_checkpoint, run_dir_of
-from paddy.utils.runtime import logs_muted
+from paddy.utils.checkpoints import CheckpointError, first_line, load_trained_model, resolve_checkpoint, run_dir_of
+from paddy.utils.runtime import logs_muted, time_steps
 
 log = logging.getLogger("paddy")
 
@@ -128,11 +127,6 @@ def _torch_forward(model: nn.Module, inputs: Mapping[str, np.ndarray]) -> np.nda
 
 
 # ---------------------------------------------------------------------------------------------- export
-
-
-def _first_line(err: BaseException) -> str:
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip().splitlines()
-    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
 
 
 @contextlib.contextmanager
@@ -210,7 +204,7 @@ def _session(path: Path, threads: int):
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as err:  # ORT raises its own exception types
-        raise ExportError(f"{path}: ONNX Runtime cannot load it ({_first_line(err)})") from err
+        raise ExportError(f"{path}: ONNX Runtime cannot load it ({first_line(err)})") from err
 
 
 def _ort_run(session: Any, inputs: Mapping[str, np.ndarray], what: str) -> np.ndarray:
@@ -219,7 +213,7 @@ def _ort_run(session: Any, inputs: Mapping[str, np.ndarray], what: str) -> np.nd
     except Exception as err:
         batch = len(inputs["images"])
         raise ExportError(f"ONNX Runtime cannot run the {what} model at batch {batch} "
-                          f"(is the batch axis not dynamic?): {_first_line(err)}") from err
+                          f"(is the batch axis not dynamic?): {first_line(err)}") from err
 
 
 # ---------------------------------------------------------------------------------------------- quantize
@@ -248,7 +242,7 @@ def quantize_onnx(source: Path, target: Path, op_types: Sequence[str] | None = N
                          per_channel=bool(per_channel),
                          weight_type=QuantType.QInt8 if weight_type == "qint8" else QuantType.QUInt8)
     except Exception as err:
-        raise ExportError(f"dynamic int8 quantization failed: {_first_line(err)}") from err
+        raise ExportError(f"dynamic int8 quantization failed: {first_line(err)}") from err
     finally:
         logging.getLogger().removeFilter(advice)
     counts: dict[str, int] = {}
@@ -267,17 +261,6 @@ def quantize_onnx(source: Path, target: Path, op_types: Sequence[str] | None = N
 def _percentile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[int(q * (len(ordered) - 1))]
-
-
-def time_calls(call: Callable[[], Any], runs: int, warmup: int) -> list[float]:
-    """Seconds of each of ``runs`` calls, after ``warmup`` untimed ones."""
-    times = []
-    for i in range(warmup + runs):
-        started = time.perf_counter()
-        call()
-        if i >= warmup:
-            times.append(time.perf_counter() - started)
-    return times
 
 
 def _file_mb(path: Path) -> float:
@@ -350,7 +333,7 @@ def export_model(model: nn.Module, output_dir: str | Path, *, class_names: Seque
     try:
         reference = _torch_forward(model, example)
     except Exception as err:
-        raise ExportError(f"the model does not run on {image_size}-px inputs {names}: {_first_line(err)}") from err
+        raise ExportError(f"the model does not run on {image_size}-px inputs {names}: {first_line(err)}") from err
     num_classes = int(reference.shape[1])
     class_names = [str(c) for c in class_names] if class_names else [str(i) for i in range(num_classes)]
     if len(class_names) != num_classes:
@@ -370,8 +353,8 @@ def export_model(model: nn.Module, output_dir: str | Path, *, class_names: Seque
             _torch_to_onnx(model, example, onnx_path, exporter, opset)
         except Exception as err:
             other = EXPORTERS[1 - EXPORTERS.index(exporter)]
-            cause = f"; {_first_line(err.__cause__)}" if err.__cause__ is not None else ""
-            raise ExportError(f"torch.onnx.export ({exporter} exporter) failed: {_first_line(err)}{cause} "
+            cause = f"; {first_line(err.__cause__)}" if err.__cause__ is not None else ""
+            raise ExportError(f"torch.onnx.export ({exporter} exporter) failed: {first_line(err)}{cause} "
                               f"(try exporter={other})") from err
         export_seconds = time.perf_counter() - export_started
         metadata = {
@@ -389,7 +372,7 @@ def export_model(model: nn.Module, output_dir: str | Path, *, class_names: Seque
         try:
             onnx.checker.check_model(str(onnx_path))
         except Exception as err:
-            raise ExportError(f"{onnx_path}: the ONNX checker rejects it ({_first_line(err)})") from err
+            raise ExportError(f"{onnx_path}: the ONNX checker rejects it ({first_line(err)})") from err
         opset_used = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
         batch_dims = [i.type.tensor_type.shape.dim[0] for i in proto.graph.input if i.name in names]
         if not batch_dims or not all(d.dim_param for d in batch_dims):
@@ -454,10 +437,10 @@ def export_model(model: nn.Module, output_dir: str | Path, *, class_names: Seque
         throughput: dict[str, Any] = {"batch_size": sizes[-1], "runs": int(throughput_runs)}
         for name, (single, batched) in backends.items():  # one backend at a time: their thread pools never compete
             if latency_runs > 0:
-                ms = [t * 1000 for t in time_calls(single, int(latency_runs), int(warmup_runs))]
+                ms = [t * 1000 for t in time_steps(single, int(latency_runs), int(warmup_runs))]
                 latency[name] = {"median_ms": round(statistics.median(ms), 3), "p90_ms": round(_percentile(ms, 0.9), 3)}
             if throughput_runs > 0:
-                median = statistics.median(time_calls(batched, int(throughput_runs), min(int(warmup_runs), 1)))
+                median = statistics.median(time_steps(batched, int(throughput_runs), min(int(warmup_runs), 1)))
                 throughput[name] = round(sizes[-1] / median, 1) if median > 0 else None
     finally:
         torch.set_num_threads(previous_threads)
@@ -612,7 +595,7 @@ def main(cfg: DictConfig) -> None:
         if options["threads"] is not None:
             options["threads"] = int(options["threads"])
     except (TypeError, ValueError) as err:  # atol=abc, batch_sizes=[x], ...
-        log.error("bad option: %s", _first_line(err))
+        log.error("bad option: %s", first_line(err))
         sys.exit(2)
     if OmegaConf.is_missing(cfg, "ckpt_path"):
         log.error("ckpt_path is required: python -m paddy.export ckpt_path=<run dir or .ckpt> [format=onnx]")

@@ -391,12 +391,8 @@ def write_pareto(ranked: list[Run], path: Path, metric: str, mode: str) -> str |
     xs = [p[0] for p in points]
     if min(xs) > 0 and max(xs) / min(xs) > 20:
         ax.set_xscale("log")
-    ax.set_xlabel("inference throughput (images/s)")
-    ax.set_ylabel(y_name)
-    ax.set_title(f"{y_name} vs throughput ({len(points)} runs)")
-    ax.grid(True, alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
-    save(fig, path)
+    finish_plot(fig, ax, path, "inference throughput (images/s)", y_name,
+                f"{y_name} vs throughput ({len(points)} runs)")
     return None
 
 
@@ -700,6 +696,16 @@ def new_figure(width: float, height: float) -> tuple[Any, Any]:
     return fig, fig.add_subplot(1, 1, 1)
 
 
+def finish_plot(fig: Any, ax: Any, path: Path, xlabel: str, ylabel: str, title: str) -> None:
+    """Axis labels, title, grid and legend of a line/scatter plot, then :func:`save`."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    save(fig, path)
+
+
 def save(fig: Any, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -728,12 +734,7 @@ def plot_history(trials: list[Trial], direction: str, objective: str, path: Path
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("trial")
-    ax.set_ylabel(objective)
-    ax.set_title(f"Optimization history ({direction})")
-    ax.grid(True, alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
-    save(fig, path)
+    finish_plot(fig, ax, path, "trial", objective, f"Optimization history ({direction})")
 
 
 def plot_importances(study: Any, complete: list[Trial], objective: str, path: Path) -> str | None:

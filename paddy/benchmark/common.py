@@ -41,6 +41,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from paddy.utils.runtime import synchronize, time_steps  # noqa: F401  (re-exported for the modes)
+
 log = logging.getLogger("paddy")
 
 MODES = ("models", "scaling", "throughput")
@@ -435,27 +437,6 @@ def _one_line(err: BaseException) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- clock and memory
-
-
-def synchronize(device: Any) -> None:
-    import torch
-
-    if getattr(device, "type", str(device)).startswith("cuda"):
-        torch.cuda.synchronize(device)
-
-
-def time_steps(step: Callable[[], Any], steps: int, warmup: int, device: Any) -> list[float]:
-    """Seconds of each of ``steps`` calls of ``step`` after ``warmup`` untimed calls (CUDA synchronised)."""
-    for _ in range(warmup):
-        step()
-    synchronize(device)
-    times = []
-    for _ in range(steps):
-        started = time.perf_counter()
-        step()
-        synchronize(device)
-        times.append(time.perf_counter() - started)
-    return times
 
 
 def images_per_second(times: Sequence[float], batch_size: int) -> float:

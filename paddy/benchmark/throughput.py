@@ -55,6 +55,7 @@ from paddy.benchmark.common import (
     synchronize,
     write_results,
 )
+from paddy.data.validation import default_cache_dir
 
 log = logging.getLogger("paddy")
 
@@ -279,11 +280,9 @@ def paddy_jpeg_run(cfg: Any, epochs: int, output_dir: Path) -> dict[str, Any]:
 
 def _jpeg_overrides(options: Mapping[str, str], settings: Any, root: Path, image_size: int, batch_size: int,
                     epochs: int, cache_dir: Path, loader: str) -> list[str]:
-    accelerator = "gpu" if settings.device.type == "cuda" else "cpu"
-    precision = {"32": "32-true", "bf16": "bf16-mixed", "16": "16-mixed"}[settings.precision]
     result = ["data=paddy", f"data.root={root}", f"data.image_size={image_size}", f"data.batch_size={batch_size}",
-              f"trainer.max_epochs={epochs}", f"trainer.accelerator={accelerator}", "trainer.devices=1",
-              f"trainer.precision={precision}", f"paths.cache_dir={cache_dir}", "callbacks.early_stopping=null"]
+              f"trainer.max_epochs={epochs}", *_trainer_overrides(settings), f"paths.cache_dir={cache_dir}",
+              "callbacks.early_stopping=null"]
     if loader == "plain":
         result += ["data.cache=none", "data.gpu_augment=false"]
     else:
@@ -340,7 +339,7 @@ def run(options: dict[str, str], overrides: list[str]) -> int:
         if "jpeg" in parts:
             root = Path(opts["root"]) if opts.get("root") else _photo_root(images, opts.get("photo_size") or "640x480")
             for loader in loaders:
-                cache_dir = work / f"cache-{loader}" if cache_state == "cold" else _default_cache_dir()
+                cache_dir = work / f"cache-{loader}" if cache_state == "cold" else default_cache_dir()
                 jpeg_cfg = compose_named(model, [*base, *_jpeg_overrides(opts, settings, root, image_size, batch_size,
                                                                           epochs, cache_dir, loader)])
                 _progress(f"paddy from JPEG files ({loader} loader): {root}, {epochs} epochs")
@@ -398,18 +397,12 @@ def _add_ratios(rows: list[dict[str, Any]]) -> None:
             row["ratio"] = row["img_s"] / reference["img_s"]
 
 
-def _default_cache_dir() -> Path:
-    from paddy.data.validation import default_cache_dir
-
-    return default_cache_dir()
-
-
 def _photo_root(images: int, size: str) -> Path:
     try:
         width, height = (int(v) for v in str(size).lower().split("x"))
     except ValueError:
         raise BenchmarkError(f"photo_size={size!r} (expected WIDTHxHEIGHT, e.g. 640x480)") from None
-    root = _default_cache_dir() / "benchmark-photos" / f"{images}-{width}x{height}"
+    root = default_cache_dir() / "benchmark-photos" / f"{images}-{width}x{height}"
     if not (root / ".complete").exists():
         _progress(f"writing {images} JPEG photos of {width}x{height} px (once) to {root}")
     return write_photo_set(root, images, width, height)

@@ -166,6 +166,11 @@ class DecodedImageCache:
         offsets = self.offsets if slots is None else self.offsets[np.asarray(slots, dtype=np.int64)]
         return bool((offsets >= 0).all())
 
+    @property
+    def stored_bytes(self) -> int:
+        """Bytes of pixels stored so far."""
+        return self._end
+
     def missing(self) -> list[int]:
         return np.flatnonzero(self.offsets < 0).tolist()
 

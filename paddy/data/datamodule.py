@@ -317,7 +317,7 @@ class ImageDataModule(LightningDataModule):
             log.info("decoded-image cache: %d images at %d px from %s", len(keep), self.cache_size, cache.directory)
         else:
             log.info("decoded-image cache: stored %d images at %d px (%.2f GB) in %.1f s in %s", len(keep),
-                     self.cache_size, cache._end / 1e9, time.perf_counter() - started, cache.directory)
+                     self.cache_size, cache.stored_bytes / 1e9, time.perf_counter() - started, cache.directory)
 
     def _split(self, index: SourceIndex) -> dict[str, SourceIndex]:
         """Train/val/test: the layout's own splits where it has them, stratified fractions elsewhere."""

@@ -100,6 +100,7 @@ class BatchAugment:
         self.steps = _active_steps(spec)
         self.mean = torch.tensor([float(m) * 255.0 for m in mean]).view(1, 3, 1, 1)
         self.std = torch.tensor([float(s) * 255.0 for s in std]).view(1, 3, 1, 1)
+        self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}  # copied once per device
 
     def __call__(self, images: torch.Tensor, sizes: torch.Tensor, generator: torch.Generator,
                  rng: random.Random) -> torch.Tensor:
@@ -120,7 +121,10 @@ class BatchAugment:
                 x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1 if name == "HorizontalFlip" else -2), x)
             elif name == "ColorJitter":
                 x = _color_jitter(x, kw, generator, rng)
-        return ((x - self.mean.to(device)) / self.std.to(device)).contiguous()
+        if device not in self._on_device:
+            self._on_device[device] = (self.mean.to(device), self.std.to(device))
+        mean, std = self._on_device[device]
+        return ((x - mean) / std).contiguous()
 
 
 def _output_size(kw: Mapping) -> tuple[int, int]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -97,20 +98,21 @@ def read_checkpoint(path: str | Path, trusted: bool = True) -> dict[str, Any]:
         except pickle.UnpicklingError as err:
             if not trusted:
                 raise CheckpointError(f"{path}: holds objects the safe (weights-only) loader refuses; load it "
-                                      f"with trusted=True only if you trust its origin ({_first_line(err)})") from err
+                                      f"with trusted=True only if you trust its origin ({first_line(err)})") from err
             log.info("%s: not weights-only; loading it as a trusted file (weights_only=False)", path)
             checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     except CheckpointError:
         raise
     except Exception as err:  # a truncated/zeroed/non-torch file: torch raises many kinds
-        raise CheckpointError(f"{path}: cannot read it as a PyTorch checkpoint ({_first_line(err)})") from err
+        raise CheckpointError(f"{path}: cannot read it as a PyTorch checkpoint ({first_line(err)})") from err
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise CheckpointError(f"{path}: not a Lightning checkpoint (no state_dict)")
     return checkpoint
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
+def first_line(err: BaseException) -> str:
+    """``Type: first line of the message`` (terminal colour codes removed), for one-line errors."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip().splitlines()
     return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
 
 
@@ -205,7 +207,7 @@ def load_trained_model(ckpt: str | Path, device: str | torch.device | None = "cp
             model = build_model(num_classes, backbone, config.get("attention"), config.get("model"))
     except Exception as err:  # unknown timm name, bad knob, ...: one line naming the checkpoint
         raise CheckpointError(f"{path}: cannot rebuild the network from its config "
-                              f"(backbone {backbone.get('name')!r}): {_first_line(err)}") from err
+                              f"(backbone {backbone.get('name')!r}): {first_line(err)}") from err
     state, kind = _model_state(checkpoint, config, weights, path)
     check_state_dict(model, state, str(path))
     model.load_state_dict(state, strict=True)

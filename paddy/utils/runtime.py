@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -71,6 +73,27 @@ def gpu_trainer_defaults(options: dict) -> dict:
     if uses_gpu(options.get("accelerator")) and options.get("benchmark") is None and not options.get("deterministic"):
         options["benchmark"] = True
     return options
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Wait for the queued work of a CUDA ``device`` (a no-op elsewhere): call before reading a clock."""
+    if str(getattr(device, "type", device)).startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+def time_steps(step: Callable[[], Any], steps: int, warmup: int, device: torch.device | str = "cpu") -> list[float]:
+    """Seconds of each of ``steps`` calls of ``step`` after ``warmup`` untimed calls; on CUDA the
+    device is synchronised before the clock starts and before it stops."""
+    for _ in range(warmup):
+        step()
+    synchronize(device)
+    times = []
+    for _ in range(steps):
+        started = time.perf_counter()
+        step()
+        synchronize(device)
+        times.append(time.perf_counter() - started)
+    return times
 
 
 @contextlib.contextmanager
