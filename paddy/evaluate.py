@@ -29,7 +29,6 @@ import json
 import logging
 import math
 import statistics
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -42,7 +41,8 @@ from omegaconf import DictConfig, OmegaConf
 
 import paddy  # noqa: F401  (sets the offline environment before albumentations is imported)
 from paddy.config import TRUSTED_TARGETS, config_dir
-from paddy.utils.checkpoints import CheckpointError, load_trained_model, resolve_checkpoint, run_dir_of
+from paddy.errors import PaddyError, reported
+from paddy.utils.checkpoints import load_trained_model, resolve_checkpoint, run_dir_of
 from paddy.utils.runtime import resolve_channels_last, time_steps
 
 log = logging.getLogger("paddy")
@@ -52,7 +52,7 @@ MAX_ANNOTATED_CLASSES = 30
 MAX_LEGEND_CLASSES = 20
 
 
-class EvaluationError(ValueError):
+class EvaluationError(PaddyError):
     """An evaluation that cannot be run as asked (unknown split, data whose classes differ, ...)."""
 
 
@@ -298,7 +298,7 @@ def measure_batch_throughput(model: torch.nn.Module, batch: Any, device: torch.d
 def evaluate(ckpt_path: str | Path, split: str = "test", data_config: Mapping[str, Any] | None = None,
              output_dir: str | Path | None = None, device: str | torch.device | None = None,
              batch_size: int | None = None, num_workers: int | None = None, latency_runs: int = 50,
-             throughput_runs: int = 10, weights: str = "auto") -> dict[str, Any]:
+             throughput_runs: int = 10, weights: str = "auto", trusted: bool = False) -> dict[str, Any]:
     """Evaluate a trained run's checkpoint on one split of its data; write the report files.
 
     Args:
@@ -312,6 +312,7 @@ def evaluate(ckpt_path: str | Path, split: str = "test", data_config: Mapping[st
         num_workers: loader processes (default: the data config's).
         latency_runs, throughput_runs: timed forward passes (0 skips that measurement).
         weights: ``auto`` / ``raw`` / ``ema`` (see :func:`paddy.utils.checkpoints.load_trained_model`).
+        trusted: read a checkpoint that needs more than the weights-only loader (can run code).
 
     Returns:
         The contents of ``metrics_<split>.json``.
@@ -320,7 +321,7 @@ def evaluate(ckpt_path: str | Path, split: str = "test", data_config: Mapping[st
     split = _SPLIT_ALIASES.get(str(split).lower(), str(split).lower())
     ckpt = resolve_checkpoint(ckpt_path)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model, class_names, run_config = load_trained_model(ckpt, device=device, weights=weights)
+    model, class_names, run_config = load_trained_model(ckpt, device=device, weights=weights, trusted=trusted)
     channels_last = resolve_channels_last((run_config.get("model") or {}).get("channels_last"),
                                           device.type == "cuda") and device.type == "cuda"
     if channels_last:
@@ -452,17 +453,13 @@ def format_summary(metrics: Mapping[str, Any]) -> str:
 
 @hydra.main(config_path=str(config_dir()), config_name="evaluate", execution_whitelist=list(TRUSTED_TARGETS))
 def main(cfg: DictConfig) -> None:
-    from paddy.data.errors import DataSourceError, DataValidationError
-
-    data = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") else None
-    try:
+    with reported(log):
+        data = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") else None
         metrics = evaluate(cfg.ckpt_path, split=cfg.split, data_config=data, output_dir=cfg.get("output_dir"),
                            device=cfg.get("device"), batch_size=cfg.get("batch_size"),
                            num_workers=cfg.get("num_workers"), latency_runs=int(cfg.get("latency_runs", 50)),
-                           throughput_runs=int(cfg.get("throughput_runs", 10)), weights=cfg.get("weights", "auto"))
-    except (CheckpointError, EvaluationError, DataSourceError, DataValidationError) as err:
-        log.error("%s", err)
-        sys.exit(2)
+                           throughput_runs=int(cfg.get("throughput_runs", 10)), weights=cfg.get("weights", "auto"),
+                           trusted=bool(cfg.get("trust_checkpoint", False)))
     print(format_summary(metrics))
 
 

@@ -65,6 +65,7 @@ from torch import nn
 
 import paddy  # noqa: F401  (sets the offline environment before albumentations is imported)
 from paddy.config import TRUSTED_TARGETS, config_dir
+from paddy.errors import PaddyError, reported
 from paddy.utils.checkpoints import CheckpointError, first_line, load_trained_model, resolve_checkpoint, run_dir_of
 from paddy.utils.runtime import logs_muted, time_steps
 
@@ -81,7 +82,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)  # as paddy.data.transforms (not imported:
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class ExportError(ValueError):
+class ExportError(PaddyError):
     """An export that cannot be done as asked (unknown format or option, a failed export, a parity failure)."""
 
 
@@ -488,7 +489,7 @@ def _versions(ort_version: str, onnx_version: str) -> dict[str, str | None]:
 
 
 def export_onnx(ckpt_path: str | Path, output_dir: str | Path | None = None, weights: str = "auto",
-                **options: Any) -> dict[str, Any]:
+                trusted: bool = False, **options: Any) -> dict[str, Any]:
     """Export a trained run's checkpoint (or run directory: its best checkpoint) to ONNX.
 
     The input size, normalisation and extra-input settings come from the run's config; ``options``
@@ -500,7 +501,7 @@ def export_onnx(ckpt_path: str | Path, output_dir: str | Path | None = None, wei
         The contents of ``export.json``.
     """
     ckpt = resolve_checkpoint(ckpt_path)
-    model, class_names, run_config = load_trained_model(ckpt, device="cpu", weights=weights)
+    model, class_names, run_config = load_trained_model(ckpt, device="cpu", weights=weights, trusted=trusted)
     data = run_config.get("data") or {}
     model_config = run_config.get("model") or {}
     try:
@@ -580,6 +581,7 @@ def main(cfg: DictConfig) -> None:
     try:
         options = {
             "output_dir": cfg.get("output_dir"), "weights": cfg.get("weights", "auto"),
+            "trusted": bool(cfg.get("trust_checkpoint", False)),
             "exporter": str(cfg.get("exporter", "dynamo")).lower(), "opset": cfg.get("opset"),
             "atol": float(cfg.get("atol", DEFAULT_ATOL)), "batch_sizes": [int(b) for b in listed(cfg.get("batch_sizes"))
                                                                            or [1, 16]],
@@ -600,11 +602,8 @@ def main(cfg: DictConfig) -> None:
     if OmegaConf.is_missing(cfg, "ckpt_path"):
         log.error("ckpt_path is required: python -m paddy.export ckpt_path=<run dir or .ckpt> [format=onnx]")
         sys.exit(2)
-    try:
+    with reported(log):
         result = export(cfg.ckpt_path, format=cfg.get("format", "onnx"), **options)
-    except (CheckpointError, ExportError) as err:
-        log.error("%s", err)
-        sys.exit(2)
     print(format_summary(result))
 
 

@@ -23,14 +23,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from paddy.config import instantiate
 from paddy.data.datamodule import ImageDataModule
-from paddy.models.backbone import PretrainedWeightsError
+from paddy.errors import PaddyError
 from paddy.models.factory import ModelConfigError, build_model
-from paddy.tasks.callbacks import RunHistory
+from paddy.settings import check_settings, check_writable
+from paddy.tasks.callbacks import HISTORY_METRICS, RunHistory
 from paddy.tasks.classification import ClassificationTask
 from paddy.tasks.ema import EMAWeights
 from paddy.tasks.freeze import FreezeSchedule
 from paddy.tasks.guard import NonFiniteLossGuard
 from paddy.utils.artifacts import best_epoch_summary, measure_throughput, model_size, write_json
+from paddy.utils.checkpoints import CheckpointError, check_state_dict, read_checkpoint
 from paddy.utils.runtime import gpu_trainer_defaults, logs_muted, resolve_channels_last, resolve_precision, uses_gpu
 
 log = logging.getLogger("paddy")
@@ -49,7 +51,7 @@ class _DropAdverts(logging.Filter):
         return "litlogger" not in record.getMessage()
 
 
-class RunConfigError(ValueError):
+class RunConfigError(PaddyError):
     """A top-level run setting (``ckpt_path``, ``resume``, ...) that cannot be honoured."""
 
 
@@ -158,8 +160,9 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> d
     """
     _quiet_logging()
     started = time.perf_counter()
+    check_settings(cfg)
     output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    check_writable(output_dir, "the run directory")
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True, verbose=False)
     backbone_cfg = OmegaConf.to_container(cfg.backbone, resolve=True)
@@ -170,10 +173,12 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> d
     with logs_muted("paddy.models"):
         try:
             build_model(2, backbone_cfg, attention_cfg, model_cfg)
+        except PaddyError:
+            raise
         except ValueError as err:
-            if isinstance(err, PretrainedWeightsError):
-                raise
             raise ModelConfigError(f"model config: {err}") from err
+    trusted = bool(cfg.get("trust_checkpoint", False))
+    ckpt_path = resolve_resume(cfg.get("ckpt_path"), cfg.get("resume"), output_dir)
 
     log.info("Data: %s", cfg.data.source._target_.rsplit(".", 1)[-1])
     datamodule = build_datamodule(cfg)
@@ -187,26 +192,30 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> d
     task = build_task(cfg, net, list(datamodule.classes), uses_gpu(trainer_options.get("accelerator")))
     history = RunHistory(output_dir)
     trainer = build_trainer(cfg, trainer_options, [history, *(extra_callbacks or [])])
+    checkpoint = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
+    if checkpoint is not None and checkpoint.dirpath:
+        check_writable(checkpoint.dirpath, "the checkpoint folder")
+    if ckpt_path is not None:
+        check_resumable(ckpt_path, task, trusted)
 
-    ckpt_path = resolve_resume(cfg.get("ckpt_path"), cfg.get("resume"), output_dir)
     log.info("Training for at most %s epochs; run directory: %s", trainer.max_epochs, output_dir)
-    trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
+    trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=not trusted)
     fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
-    checkpoint = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
     best_path = checkpoint.best_model_path if checkpoint is not None else ""
     test_metrics: dict[str, float] = {}
     if cfg.get("test", True) and datamodule.has_split("test"):
         # Loading the best checkpoint for testing also restores callback state (an older history).
         finished_history = copy.deepcopy(history.history)
-        results = trainer.test(task, datamodule=datamodule, ckpt_path=best_path or None, verbose=False)
+        results = trainer.test(task, datamodule=datamodule, ckpt_path=best_path or None, verbose=False,
+                               weights_only=not trusted)
         test_metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
         history.history = finished_history
 
     fps = None
     if datamodule.has_split("val") and trainer.is_global_zero:
         fps = measure_throughput(task.model, datamodule.val_dataloader(), trainer.strategy.root_device)
-    summary = best_epoch_summary(history.history)
+    summary = best_epoch_summary(history.history, *_monitored(checkpoint))
     metrics = {
         "model_name": model_cfg.get("name"),
         "backbone": backbone_cfg.get("name"),
@@ -254,7 +263,7 @@ def resolve_resume(ckpt_path: str | None, resume: str | None, output_dir: Path) 
     when it exists (a re-run of the same command with the same run dir continues), else None."""
     if ckpt_path:
         if not Path(ckpt_path).is_file():
-            raise RunConfigError(f"ckpt_path={ckpt_path} does not exist")
+            raise RunConfigError(f"ckpt_path={ckpt_path}: no such file (expected a .ckpt file of a paddy run)")
         return str(ckpt_path)
     if resume in (None, False, "never", "none"):
         return None
@@ -268,11 +277,30 @@ def resolve_resume(ckpt_path: str | None, resume: str | None, output_dir: Path) 
     return None
 
 
+def check_resumable(ckpt_path: str, task: ClassificationTask, trusted: bool) -> None:
+    """Read the checkpoint to resume from as the trainer will, and check its network is this run's
+    (backbone, attention, class count): a wrong file is refused before training, in one line."""
+    checkpoint = read_checkpoint(ckpt_path, trusted=trusted)
+    state = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+    try:
+        check_state_dict(task.model, state, ckpt_path)
+    except CheckpointError as err:
+        raise RunConfigError(f"ckpt_path: {err} (resume needs a checkpoint of this run's model and classes)") from None
+
+
+def _monitored(checkpoint: ModelCheckpoint | None) -> tuple[str, str]:
+    """The history series and mode the best checkpoint is chosen by, so metrics.json names its epoch."""
+    if checkpoint is None or not checkpoint.monitor:
+        return "valid_acc", "max"
+    series = {name: key for key, name in HISTORY_METRICS.items()}.get(checkpoint.monitor, "valid_acc")
+    return series, checkpoint.mode
+
+
 def _metric_value(name: str | None, values: dict[str, float]) -> float | None:
     if not name:
         return None
     if name not in values:
-        raise KeyError(f"optimized_metric={name!r} was not logged (logged: {', '.join(sorted(values))})")
+        raise RunConfigError(f"optimized_metric={name!r} was not logged (logged: {', '.join(sorted(values))})")
     return float(values[name])
 
 

@@ -40,6 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 import paddy  # noqa: F401  (sets the offline environment before albumentations is imported)
 from paddy.config import TRUSTED_TARGETS, config_dir
 from paddy.data.imageio import IMAGE_SUFFIXES, ImageDecodeError, check_image_file, read_image
+from paddy.errors import PaddyError, reported
 from paddy.utils.checkpoints import CheckpointError, load_trained_model
 
 log = logging.getLogger("paddy")
@@ -48,7 +49,7 @@ PATH_COLUMNS = ("image_path", "path", "filename", "image_id")
 SUBMISSION_FOLDER = "test_images"
 
 
-class PredictionError(ValueError):
+class PredictionError(PaddyError):
     """Inputs that cannot be predicted at all (no such path, no images in a folder, an empty CSV)."""
 
 
@@ -158,7 +159,7 @@ def _probabilities(model: torch.nn.Module, images: torch.Tensor, extras: dict[st
 
 def predict(ckpt_path: str | Path, inputs: Sequence[str | Path], tta: bool = False, topk: int = 3,
             batch_size: int = 32, device: str | torch.device | None = None, num_workers: int = 0,
-            weights: str = "auto") -> list[dict[str, Any]]:
+            weights: str = "auto", trusted: bool = False) -> list[dict[str, Any]]:
     """Label images with a trained run's model.
 
     Returns one dict per input, in order: ``path``, ``label``, ``confidence``, ``topk`` (a list of
@@ -170,7 +171,7 @@ def predict(ckpt_path: str | Path, inputs: Sequence[str | Path], tta: bool = Fal
     from paddy.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model, class_names, config = load_trained_model(ckpt_path, device=device, weights=weights)
+    model, class_names, config = load_trained_model(ckpt_path, device=device, weights=weights, trusted=trusted)
     data = config.get("data") or {}
     transform = build_transform((data.get("transforms") or {}).get("eval"), data.get("mean") or IMAGENET_MEAN,
                                 data.get("std") or IMAGENET_STD)
@@ -245,15 +246,13 @@ def _wants_submission(flag: Any, source: Any) -> bool:
 @hydra.main(config_path=str(config_dir()), config_name="predict", execution_whitelist=list(TRUSTED_TARGETS))
 def main(cfg: DictConfig) -> None:
     source = OmegaConf.to_container(cfg.input) if isinstance(cfg.input, ListConfig) else cfg.input
-    try:
+    with reported(log):
         paths = collect_inputs(source, cfg.get("csv_column"), cfg.get("image_root"))
         log.info("Predicting %d image(s) with %s%s", len(paths), cfg.ckpt_path, " (+ flip TTA)" if cfg.tta else "")
         results = predict(cfg.ckpt_path, paths, tta=bool(cfg.tta), topk=int(cfg.topk),
                           batch_size=int(cfg.batch_size), device=cfg.get("device"),
-                          num_workers=int(cfg.get("num_workers") or 0), weights=cfg.get("weights", "auto"))
-    except (CheckpointError, PredictionError) as err:
-        log.error("%s", err)
-        sys.exit(2)
+                          num_workers=int(cfg.get("num_workers") or 0), weights=cfg.get("weights", "auto"),
+                          trusted=bool(cfg.get("trust_checkpoint", False)))
     output = Path(cfg.output).expanduser()
     output.parent.mkdir(parents=True, exist_ok=True)
     skipped = [r for r in results if r["error"] is not None]

@@ -31,6 +31,8 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from paddy.errors import PaddyError
+
 # Leaderboard columns (CSV keys, in order) and their Markdown headers.
 COLUMNS = {
     "rank": "#",
@@ -80,7 +82,7 @@ STATE_ORDER = {"COMPLETE": 0, "RUNNING": 1, "WAITING": 2, "PRUNED": 3, "INCOMPLE
 SKIP_DIRS = {"checkpoints", "tensorboard", "__pycache__", "lightning_logs", "csv"}
 
 
-class ReportError(Exception):
+class ReportError(PaddyError):
     """A problem with the command line's inputs: one message, exit status 2."""
 
 
@@ -897,7 +899,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         written = report(args.dirs, args.out, args.metric, args.mode, args.study)
-    except ReportError as err:
+    except PaddyError as err:
         print(f"paddy.report: {err}", file=sys.stderr)
         return 2
     for path in written:

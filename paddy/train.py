@@ -3,41 +3,25 @@
 from __future__ import annotations
 
 import logging
-import sys
 
 import hydra
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 import paddy  # noqa: F401  (sets the offline environment before albumentations is imported)
 from paddy.config import TRUSTED_TARGETS, config_dir
+from paddy.errors import in_multirun, reported
 
 log = logging.getLogger("paddy")
 
 
 @hydra.main(config_path=str(config_dir()), config_name="train", execution_whitelist=list(TRUSTED_TARGETS))
 def main(cfg: DictConfig) -> float | None:
-    from paddy.data.errors import DataSourceError, DataValidationError
-    from paddy.models.backbone import PretrainedWeightsError
-    from paddy.models.factory import ModelConfigError
-    from paddy.pipeline import RunConfigError, train
-    from paddy.tasks.guard import NonFiniteLossError
+    from paddy.pipeline import train
 
-    try:
-        metrics = train(cfg)
-    except (DataSourceError, DataValidationError, PretrainedWeightsError, ModelConfigError, RunConfigError) as err:
-        # Bad input or config: one clear message and a non-zero exit, not a traceback.
-        log.error("%s", err)
-        if HydraConfig.get().mode.name == "MULTIRUN":
-            raise
-        sys.exit(2)
-    except NonFiniteLossError as err:
-        # Diverged: one line; the checkpoints written so far stay. A sweep records a failed trial.
-        log.error("%s", err)
-        if HydraConfig.get().mode.name == "MULTIRUN":
-            raise
-        sys.exit(3)
-    return metrics.get("optimized_value")
+    # Bad input or config: one clear message and exit code 2 (a diverged run: 3), not a traceback;
+    # in a sweep the error goes on to the sweeper, which records a failed trial.
+    with reported(log, reraise=in_multirun()):
+        return train(cfg).get("optimized_value")
 
 
 if __name__ == "__main__":

@@ -55,6 +55,8 @@ from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import FrozenTrial, Trial, TrialState
 
+from paddy.errors import reported
+
 log = logging.getLogger(__name__)
 
 OWNER_ATTR = "paddy:owner"  # system attr: {"host", "pid", "start"} of the sweep process that asked the trial
@@ -429,7 +431,8 @@ class PaddyOptunaSweeperImpl(_impl.OptunaSweeperImpl):
         grid = {name: list(self._to_grid_sampler_choices(d)) for name, d in space.items()} if self.is_grid else None
         n_trials = self._target_trials(space, grid)
         directions = self._get_directions()
-        study = self._open_study(directions, grid)
+        with reported(log):  # a damaged study database: one line, exit 2
+            study = self._open_study(directions, grid)
         self._reclaim_stale(study)
 
         def counts() -> tuple[list[FrozenTrial], list[FrozenTrial]]:

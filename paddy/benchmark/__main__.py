@@ -36,6 +36,7 @@ from collections.abc import Callable, Sequence
 
 import paddy  # noqa: F401  (offline environment)
 from paddy.benchmark.common import BenchmarkError, parse_cli
+from paddy.errors import PaddyError
 
 
 def _runner(mode: str) -> Callable[..., int]:
@@ -60,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         mode, options, overrides = parse_cli(argv)
         return int(_runner(mode)(options, overrides, argv) or 0)
-    except BenchmarkError as err:
+    except PaddyError as err:
         print(f"paddy.benchmark: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

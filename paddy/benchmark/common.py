@@ -41,6 +41,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from paddy.errors import PaddyError
 from paddy.utils.runtime import synchronize, time_steps  # noqa: F401  (re-exported for the modes)
 
 log = logging.getLogger("paddy")
@@ -109,7 +110,7 @@ _TRUE = ("true", "yes", "on", "1")
 _FALSE = ("false", "no", "off", "0")
 
 
-class BenchmarkError(ValueError):
+class BenchmarkError(PaddyError):
     """A benchmark that cannot run as asked: unknown mode, model or option, a bad value, no CUDA.
 
     ``python -m paddy.benchmark`` prints its message as one line and exits with status 2.

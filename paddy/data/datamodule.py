@@ -40,6 +40,8 @@ from paddy.data.sources import SPLITS, ImageSource, SourceIndex
 from paddy.data.splits import stratified_split, stratified_subset
 from paddy.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform
 from paddy.data.validation import default_cache_dir, validate_image_files
+from paddy.errors import SettingError
+from paddy.settings import MAX_IMAGE_SIZE, optional_positive_int, positive_int, split_fractions
 from paddy.utils.runtime import available_cores
 
 log = logging.getLogger(__name__)
@@ -180,23 +182,14 @@ class ImageDataModule(LightningDataModule):
     ):
         super().__init__()
         if on_bad_image not in BAD_IMAGE_POLICIES:
-            raise ValueError(f"data.on_bad_image={on_bad_image!r} (expected one of: {', '.join(BAD_IMAGE_POLICIES)})")
-        for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-            if not 0 <= value < 1:
-                raise ValueError(f"data.{name}={value} (expected 0 <= value < 1)")
-        if val_fraction + test_fraction >= 1:
-            raise ValueError(f"data.val_fraction + data.test_fraction = {val_fraction + test_fraction} "
-                             f"leaves no training data (expected < 1)")
-        for name, value in (("image_size", image_size), ("batch_size", batch_size)):
-            if int(value) < 1:
-                raise ValueError(f"data.{name}={value} (expected a positive integer)")
+            raise SettingError(f"data.on_bad_image={on_bad_image!r} (expected one of: {', '.join(BAD_IMAGE_POLICIES)})")
+        val_fraction, test_fraction = split_fractions(val_fraction, test_fraction)
         for name, value in (("train_limit", train_limit), ("valid_limit", valid_limit), ("test_limit", test_limit)):
-            if value is not None and int(value) < 1:
-                raise ValueError(f"data.{name}={value} (expected a positive integer or null)")
+            optional_positive_int(f"data.{name}", value)
         self.source = source if isinstance(source, ImageSource) else source(root)
-        self.image_size = int(image_size)
-        self.batch_size = int(batch_size)
-        self.eval_batch_size = int(eval_batch_size or batch_size)
+        self.image_size = positive_int("data.image_size", image_size, MAX_IMAGE_SIZE)
+        self.batch_size = positive_int("data.batch_size", batch_size)
+        self.eval_batch_size = optional_positive_int("data.eval_batch_size", eval_batch_size) or self.batch_size
         self.num_workers = default_num_workers() if num_workers is None else int(num_workers)
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
         self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
@@ -211,9 +204,8 @@ class ImageDataModule(LightningDataModule):
         else:
             self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         self.cache_mode = parse_cache_mode(cache)
-        if cache_size is not None and int(cache_size) < 1:
-            raise ValueError(f"data.cache_size={cache_size} (expected a positive integer or null)")
-        self.cache_size = int(cache_size) if cache_size is not None else default_short_side(self.image_size)
+        cache_size = optional_positive_int("data.cache_size", cache_size)
+        self.cache_size = cache_size if cache_size is not None else default_short_side(self.image_size)
         self.cache: DecodedImageCache | None = None
         self.gpu_augment_mode = parse_gpu_augment(gpu_augment)
         self.train_spec = transforms.get("train")

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
+from paddy.errors import PaddyError
+
 # How many offending files/rows an error message names before it only counts the rest.
 SHOWN_PER_KIND = 5
 
@@ -25,11 +27,11 @@ class DataProblem:
         return f"{self.where}: {self.detail}" if self.detail else self.where
 
 
-class DataSourceError(ValueError):
+class DataSourceError(PaddyError):
     """The dataset cannot be read at all (missing root, CSV without the expected columns, ...)."""
 
 
-class DataValidationError(ValueError):
+class DataValidationError(PaddyError):
     """The dataset has bad samples and ``data.on_bad_image=error``."""
 
     def __init__(self, problems: list[DataProblem], source: str):

@@ -15,16 +15,19 @@ from __future__ import annotations
 
 import csv
 import gzip
+import io
 import json
 import logging
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
 
-from paddy.data.errors import DataProblem, DataSourceError
+from paddy.data.errors import SHOWN_PER_KIND, DataProblem, DataSourceError
 from paddy.data.imageio import IMAGE_SUFFIXES, read_image
 
 log = logging.getLogger(__name__)
@@ -127,10 +130,16 @@ class ImageSource(ABC):
 
 
 def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        columns = [c.strip() for c in (reader.fieldnames or [])]
-        rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise DataSourceError(f"{path}: line {line} is not UTF-8 text (byte 0x{data[err.start]:02x}); save the "
+                              f"file as UTF-8, e.g. iconv -f latin1 -t utf-8 {path.name} > utf8.csv") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    columns = [c.strip() for c in (reader.fieldnames or [])]
+    rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
     return columns, rows
 
 
@@ -287,11 +296,14 @@ class PaddyDoctorSource(ImageSource):
                 problems.append(DataProblem("unknown_label", f"{csv_path.name} line {line}",
                                             "empty image_id or label"))
                 continue
-            kept.append((image_id, label))
-        classes = sorted({label for _, label in kept})
+            kept.append((image_id, label, line))
+        classes = sorted({label for _, label, _ in kept})
         class_ids = {name: i for i, name in enumerate(classes)}
         # Sorting by path makes the index (and so the seeded split) independent of CSV row order.
-        entries = sorted((f"{self.images_dir}/{label}/{image_id}", class_ids[label]) for image_id, label in kept)
+        # An image is one image_id (its label is part of its path): listed twice, it is one sample.
+        entries = sorted(_Entry(f"{self.images_dir}/{label}/{image_id}", class_ids[label],
+                                f"{csv_path.name} line {line}", key=image_id, label_name=label)
+                         for image_id, label, line in kept)
         return _file_index(self.name, root, classes, entries, problems)
 
 
@@ -379,7 +391,7 @@ class MetadataCSVSource(ImageSource):
             mapping = {name: i for i, name in enumerate(sorted({r[label_col] for r in rows if r[label_col]}))}
         ids = {str(v): v for v in mapping.values()}
         classes = [name for name, _ in sorted(mapping.items(), key=lambda kv: kv[1])]
-        problems, entries, splits = [], [], []
+        problems, entries = [], []
         for line, row in enumerate(rows, start=2):
             where = f"{csv_path.name} line {line}"
             label = row[label_col]
@@ -392,15 +404,10 @@ class MetadataCSVSource(ImageSource):
                 problems.append(DataProblem("missing_file", where, f"empty {image_col}"))
                 continue
             path = self._resolve_path(root, row[image_col])
-            entries.append((_relative(path, root), class_id, path))
-            if split_col is not None:
-                splits.append(_normalize_split(row[split_col], f"{where} ({split_col})"))
-        order = sorted(range(len(entries)), key=lambda i: entries[i][0])
-        index = _file_index(self.name, root, classes, [(entries[i][0], entries[i][1]) for i in order],
-                            problems, files=[str(entries[i][2]) for i in order])
-        if split_col is not None:
-            index.splits = np.array([splits[i] for i in order])
-        return index
+            split = _normalize_split(row[split_col], f"{where} ({split_col})") if split_col is not None else None
+            entries.append(_Entry(_relative(path, root), class_id, where, file=str(path), split=split,
+                                  label_name=label))
+        return _file_index(self.name, root, classes, sorted(entries), problems)
 
 
 class ImageFolderSource(ImageSource):
@@ -417,7 +424,10 @@ class ImageFolderSource(ImageSource):
 
     @staticmethod
     def _images_in(folder: Path) -> list[Path]:
-        return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        # A dangling symlink is listed too: verification reports it as a missing file instead of
+        # the class silently losing an image.
+        return sorted(p for p in folder.rglob("*")
+                      if (p.is_file() or p.is_symlink()) and p.suffix.lower() in IMAGE_SUFFIXES)
 
     @staticmethod
     def _class_dirs(folder: Path) -> list[Path]:
@@ -438,7 +448,7 @@ class ImageFolderSource(ImageSource):
             raise DataSourceError(f"{top}: no class sub-folders (expected {top}/<class>/<image files>)")
         class_ids = {name: i for i, name in enumerate(classes)}
         problems: list[DataProblem] = []
-        entries, splits = [], []
+        entries = []
         for split, folder in (split_dirs.items() if split_dirs else [(None, root)]):
             for class_dir in self._class_dirs(folder):
                 where = _relative(class_dir, root)
@@ -450,21 +460,73 @@ class ImageFolderSource(ImageSource):
                 if not images and split in (None, "train"):
                     problems.append(DataProblem("empty_class", where, "no image files"))
                 for path in images:
-                    entries.append((_relative(path, root), class_ids[class_dir.name]))
-                    splits.append(split)
-        index = _file_index(self.name, root, classes, entries, problems)
-        if split_dirs:
-            index.splits = np.array(splits)
-        return index
+                    item = _relative(path, root)
+                    entries.append(_Entry(item, class_ids[class_dir.name], item, split=split,
+                                          label_name=class_dir.name))
+        return _file_index(self.name, root, classes, entries, problems)
 
 
-def _file_index(name: str, root: Path, classes: list[str], entries: list[tuple[str, int]],
-                problems: list[DataProblem], files: list[str] | None = None) -> SourceIndex:
-    """Build the index of a file-backed dataset from ``(relative path, class id)`` entries."""
-    items = [item for item, _ in entries]
-    files = files if files is not None else [str(root / item) for item in items]
-    labels = np.array([label for _, label in entries], dtype=np.int64)
-    return SourceIndex(name, classes, items, labels, FileReader(files), files=files, problems=problems)
+class _Entry(NamedTuple):
+    """One listed sample: ``item`` (path relative to the root), class id, ``where`` it was listed (a
+    CSV line, a folder), its file (default: root / item), its split (layouts that define splits),
+    and ``key``: what makes two listings the same image (default: the file's real path)."""
+
+    item: str
+    label: int
+    where: str
+    file: str | None = None
+    split: str | None = None
+    key: str | None = None
+    label_name: str = ""
+
+
+def _file_index(name: str, root: Path, classes: list[str], entries: list[_Entry],
+                problems: list[DataProblem]) -> SourceIndex:
+    """Build the index of a file-backed dataset: one sample per unique image (see :func:`unique_entries`)."""
+    entries = unique_entries(entries, root, name)
+    files = [entry.file or str(root / entry.item) for entry in entries]
+    labels = np.array([entry.label for entry in entries], dtype=np.int64)
+    index = SourceIndex(name, classes, [e.item for e in entries], labels, FileReader(files), files=files,
+                        problems=problems)
+    if any(entry.split is not None for entry in entries):
+        index.splits = np.array([entry.split or "train" for entry in entries])
+    return index
+
+
+def unique_entries(entries: list[_Entry], root: Path, source: str) -> list[_Entry]:
+    """Each image once: splits work on unique files, so no image can land in two splits.
+
+    An image listed more than once with the same label (and split) is kept once, with one warning
+    naming it; listed with different labels or splits, the dataset is refused naming the lines.
+    """
+    groups: dict[str, list[_Entry]] = {}
+    for entry in entries:
+        key = entry.key or os.path.realpath(entry.file or root / entry.item)
+        groups.setdefault(key, []).append(entry)
+    repeated = [group for group in groups.values() if len(group) > 1]
+    if not repeated:
+        return entries
+    conflicts = [g for g in repeated if len({(e.label, e.split) for e in g}) > 1]
+    if conflicts:
+        shown = "; ".join(_listings(g, with_label=True) for g in conflicts[:SHOWN_PER_KIND])
+        more = f"; and {len(conflicts) - SHOWN_PER_KIND} more" if len(conflicts) > SHOWN_PER_KIND else ""
+        raise DataSourceError(f"data={source}: {len(conflicts)} image(s) listed more than once with different "
+                              f"labels or splits: {shown}{more}. Keep one listing of each (data.root={root})")
+    shown = "; ".join(_listings(g) for g in repeated[:SHOWN_PER_KIND])
+    more = f"; and {len(repeated) - SHOWN_PER_KIND} more" if len(repeated) > SHOWN_PER_KIND else ""
+    log.warning("data=%s: %d image(s) listed more than once with the same label, each kept once: %s%s",
+                source, len(repeated), shown, more)
+    first = {id(group[0]) for group in groups.values()}
+    return [entry for entry in entries if id(entry) in first]
+
+
+def _listings(group: list[_Entry], with_label: bool = False) -> str:
+    def listing(entry: _Entry) -> str:
+        extra = [repr(entry.label_name or entry.label)] if with_label else []
+        extra += [entry.split] if with_label and entry.split else []
+        return entry.where + (f" ({', '.join(extra)})" if extra else "")
+
+    return f"{group[0].item} at " + ", ".join(listing(e) for e in group)
 
 
 # --------------------------------------------------------------------------------------------

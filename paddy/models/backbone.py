@@ -15,10 +15,12 @@ import timm
 import torch
 from torch import nn
 
+from paddy.errors import PaddyError
+
 log = logging.getLogger(__name__)
 
 
-class PretrainedWeightsError(RuntimeError):
+class PretrainedWeightsError(PaddyError):
     """Pretrained weights were asked for but cannot be had."""
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from torch import nn
 
+from paddy.errors import PaddyError
 from paddy.models.attention import ATTENTION_BLOCKS, attention_knobs, create_attention
 from paddy.models.backbone import create_backbone, load_backbone_weights
 from paddy.models.classifier import ImageClassifier
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 PLACEMENTS = ("head", "blocks")
 
 
-class ModelConfigError(ValueError):
+class ModelConfigError(PaddyError):
     """``cfg.backbone`` / ``cfg.attention`` / ``cfg.model`` describe a network that cannot be built."""
 
 MODEL_KINDS = ("classifier", "dct_fusion")

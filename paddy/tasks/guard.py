@@ -10,18 +10,22 @@ import torch
 from lightning import Callback, LightningModule, Trainer
 from torch.optim import Optimizer
 
+from paddy.errors import PaddyError
+
 log = logging.getLogger(__name__)
 
 HINT = "lower optimizer.lr or enable trainer.gradient_clip_val"
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(PaddyError, RuntimeError):
     """Training produced a non-finite loss or gradients for too many optimizer steps in a row.
 
     The message is one line (epoch, global step, last finite loss and what to try); the values are
     also attributes: :attr:`epoch`, :attr:`step`, :attr:`last_finite_loss` (None when no step had a
-    finite loss) and :attr:`bad_steps`.
+    finite loss) and :attr:`bad_steps`. The command exits 3 (diverged), not 2 (bad input).
     """
+
+    exit_code = 3
 
     def __init__(self, epoch: int, step: int, last_finite_loss: float | None, bad_steps: int):
         self.epoch, self.step, self.last_finite_loss, self.bad_steps = epoch, step, last_finite_loss, bad_steps

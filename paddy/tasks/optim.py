@@ -13,6 +13,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from paddy.settings import non_negative_float, positive_float
+
 OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
 SCHEDULERS = ("cosine", "step", "plateau", "none")
 
@@ -65,10 +67,9 @@ def create_optimizer(model: nn.Module, name: str = "adamw", lr: float = 1e-3, he
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r} (conf/optimizer has: {', '.join(OPTIMIZERS)})")
-    if lr <= 0 or (head_lr is not None and head_lr <= 0):
-        raise ValueError(f"optimizer.lr={lr}, optimizer.head_lr={head_lr}: learning rates must be > 0")
-    if weight_decay < 0:
-        raise ValueError(f"optimizer.weight_decay={weight_decay} (expected >= 0)")
+    lr = positive_float("optimizer.lr", lr)
+    head_lr = None if head_lr is None else positive_float("optimizer.head_lr", head_lr)
+    weight_decay = non_negative_float("optimizer.weight_decay", weight_decay)
     groups = parameter_groups(model, lr, head_lr, weight_decay)
     optimizer_class = OPTIMIZERS[name]
     if fused is None:

@@ -21,6 +21,8 @@ from typing import Any
 import optuna
 from lightning import Callback, LightningModule, Trainer
 
+from paddy.errors import PaddyError
+
 log = logging.getLogger(__name__)
 
 PRUNERS = ("median", "successive_halving", "none")
@@ -68,11 +70,23 @@ def open_storage(storage: Any) -> Any:
     for attempt in range(5):
         try:
             return optuna.storages.RDBStorage(storage, engine_kwargs=engine_kwargs)
-        except SQLAlchemyError:  # processes creating the same new database at once: one wins, retry
+        except SQLAlchemyError as err:  # processes creating the same new database at once: one wins, retry
             if attempt == 4:
-                raise
+                raise StudyStorageError(f"hydra.sweeper.storage={storage}: cannot open the Optuna study database "
+                                        f"({_sql_reason(err)}); move a damaged file away to start a new study, "
+                                        f"or point hydra.sweeper.storage at another database") from None
             time.sleep(0.2 + random.random())
     raise AssertionError("unreachable")
+
+
+class StudyStorageError(PaddyError):
+    """The Optuna storage of a sweep cannot be opened (a damaged file, an unreachable server)."""
+
+
+def _sql_reason(err: Exception) -> str:
+    """The database's own reason, without SQLAlchemy's SQL echo and background links."""
+    original = getattr(err, "orig", None)
+    return str(original or err).strip().splitlines()[0]
 
 
 class OptunaPruning(Callback):

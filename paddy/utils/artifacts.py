@@ -21,12 +21,17 @@ def model_size(model: nn.Module) -> tuple[int, float]:
 
 
 def best_epoch_summary(history: dict[str, Any], monitor_key: str = "valid_acc", mode: str = "max") -> dict[str, Any]:
-    """The epoch where ``monitor_key`` was best, and the train/valid values of that epoch."""
+    """The epoch where ``monitor_key`` was best, and the train/valid values of that epoch.
+
+    Of epochs with equal values the first wins, as in Lightning's ModelCheckpoint (it replaces its
+    best only on a strict improvement), so this names the epoch of the best checkpoint.
+    """
     values = history.get(monitor_key) or []
     scored = [(v, i) for i, v in enumerate(values) if v is not None and math.isfinite(v)]
     if not scored:
         return {}
-    _, i = max(scored) if mode == "max" else min(scored)
+    pick = max if mode == "max" else min
+    _, i = pick(scored, key=lambda pair: pair[0])  # the first of equal values
     summary = {"best_epoch": history["epoch"][i]}
     for key in ("valid_acc", "valid_loss", "valid_f1", "train_acc", "train_loss", "train_f1"):
         if history.get(key):

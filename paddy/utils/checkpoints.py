@@ -8,11 +8,12 @@ rebuilt from the file alone: :func:`paddy.models.factory.build_model` with the r
 ``attention`` and ``model`` sections (no pretrained download), then a strict ``load_state_dict`` of
 the ``model.``-prefixed weights.
 
-Trust: checkpoints are read with ``torch.load(weights_only=True)`` first, which cannot run code and
-reads every checkpoint paddy writes. Only when that fails (a checkpoint holding other pickled
-objects, e.g. a custom callback's state) and ``trusted=True`` (the default, meant for your own runs)
-is it read again with ``weights_only=False``, which unpickles arbitrary objects and so can execute
-code: pass ``trusted=False`` for files from elsewhere.
+Trust: a checkpoint is a pickle, and unpickling can run any code its author put in it. So every
+checkpoint paddy reads (evaluate, predict, export, train's ``ckpt_path`` and ``resume``) is read with
+``torch.load(weights_only=True)``, which only rebuilds tensors and plain containers and reads every
+checkpoint paddy writes. A file that needs more (pickled objects of other classes, e.g. a custom
+callback's state, or a crafted file) is refused with one line saying why, unless the user passes
+``trust_checkpoint=true`` (``trusted=True`` in Python) for a file whose origin they trust.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from paddy.errors import PaddyError, first_line
 from paddy.utils.runtime import logs_muted
 
 log = logging.getLogger("paddy")
@@ -35,7 +37,7 @@ WEIGHT_CHOICES = ("auto", "raw", "ema")
 _SHOWN_KEYS = 5
 
 
-class CheckpointError(ValueError):
+class CheckpointError(PaddyError):
     """A checkpoint (or run directory) that cannot be found, read or turned back into its network."""
 
 
@@ -48,9 +50,10 @@ def run_dir_of(ckpt: str | Path) -> Path:
 def resolve_checkpoint(path: str | Path) -> Path:
     """A ``.ckpt`` file as given, or for a run directory its best checkpoint.
 
-    For a directory: ``metrics.json``'s ``ckpt_path`` when that file exists (also when the run
-    directory was moved: the same file name under ``checkpoints/``), else ``checkpoints/last.ckpt``,
-    else the newest ``checkpoints/*.ckpt``. A ``checkpoints/`` folder itself is taken as its run's.
+    For a directory: the file that ``metrics.json``'s ``ckpt_path`` names, looked up by its name under
+    this directory's ``checkpoints/`` (never outside it: a copied or moved run directory is evaluated
+    itself, not the original it was copied from), else ``checkpoints/last.ckpt``, else the newest
+    ``checkpoints/*.ckpt``. A ``checkpoints/`` folder itself is taken as its run's.
 
     Raises:
         CheckpointError: the path does not exist, or the directory holds no checkpoint.
@@ -64,10 +67,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
     run_dir = given.parent if given.name == "checkpoints" and not (given / "checkpoints").is_dir() else given
     ckpt_dir = run_dir / "checkpoints"
     best = _metrics_ckpt(run_dir / "metrics.json")
-    if best is not None:
-        for candidate in (best, ckpt_dir / best.name):
-            if candidate.is_file():
-                return candidate
+    if best is not None and (ckpt_dir / best.name).is_file():
+        return ckpt_dir / best.name
     if (ckpt_dir / "last.ckpt").is_file():
         return ckpt_dir / "last.ckpt"
     found = sorted(ckpt_dir.glob("*.ckpt"), key=lambda p: p.stat().st_mtime) if ckpt_dir.is_dir() else []
@@ -85,24 +86,24 @@ def _metrics_ckpt(metrics_file: Path) -> Path | None:
         return None
     if not value:
         return None
-    best = Path(value)
-    return best if best.is_absolute() else metrics_file.parent / best
+    return Path(value)
 
 
-def read_checkpoint(path: str | Path, trusted: bool = True) -> dict[str, Any]:
-    """``torch.load`` of a paddy checkpoint onto the CPU (see the module docstring on trust)."""
+def read_checkpoint(path: str | Path, trusted: bool = False) -> dict[str, Any]:
+    """``torch.load`` of a paddy checkpoint onto the CPU, weights only unless ``trusted`` (see the
+    module docstring on trust)."""
     path = Path(path)
     try:
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as err:
-            if not trusted:
-                raise CheckpointError(f"{path}: holds objects the safe (weights-only) loader refuses; load it "
-                                      f"with trusted=True only if you trust its origin ({first_line(err)})") from err
-            log.info("%s: not weights-only; loading it as a trusted file (weights_only=False)", path)
-            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except CheckpointError:
-        raise
+        checkpoint = torch.load(path, map_location="cpu", weights_only=not trusted)
+    except pickle.UnpicklingError as err:
+        needs = _refused_global(err)
+        if needs is None:  # not a pickle at all (a JPEG, random bytes)
+            raise CheckpointError(f"{path}: cannot read it as a PyTorch checkpoint "
+                                  f"({_weights_only_reason(err)})") from None
+        raise CheckpointError(
+            f"{path}: refused: it holds pickled objects that could run code when loaded (it needs {needs}); "
+            f"if you trust where this file comes from, pass trust_checkpoint=true"
+        ) from None
     except Exception as err:  # a truncated/zeroed/non-torch file: torch raises many kinds
         raise CheckpointError(f"{path}: cannot read it as a PyTorch checkpoint ({first_line(err)})") from err
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
@@ -110,10 +111,17 @@ def read_checkpoint(path: str | Path, trusted: bool = True) -> dict[str, Any]:
     return checkpoint
 
 
-def first_line(err: BaseException) -> str:
-    """``Type: first line of the message`` (terminal colour codes removed), for one-line errors."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip().splitlines()
-    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
+def _refused_global(err: BaseException) -> str | None:
+    """The object the weights-only unpickler refused (``posix.system``), from torch's long message."""
+    match = re.search(r"GLOBAL ([\w.]+)", str(err))
+    return match.group(1) if match else None
+
+
+def _weights_only_reason(err: BaseException) -> str:
+    """torch's own reason under its weights-only preamble (``Unsupported operand 255``)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    reason = next((line for line in lines if line.startswith("Unsupported")), lines[-1] if lines else "")
+    return reason or type(err).__name__
 
 
 def checkpoint_config(checkpoint: dict[str, Any], path: str | Path = "<checkpoint>") -> tuple[int, list[str], dict]:
@@ -179,7 +187,7 @@ def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], where: st
 
 
 def load_trained_model(ckpt: str | Path, device: str | torch.device | None = "cpu", weights: str = "auto",
-                       trusted: bool = True) -> tuple[nn.Module, list[str], dict[str, Any]]:
+                       trusted: bool = False) -> tuple[nn.Module, list[str], dict[str, Any]]:
     """Rebuild a run's network from a checkpoint (or run directory) and load its weights.
 
     Args:
@@ -187,7 +195,7 @@ def load_trained_model(ckpt: str | Path, device: str | torch.device | None = "cp
         device: where to put the model (``None``: CUDA when available, else CPU).
         weights: ``auto`` (the EMA average when the run trained with ``ema.enabled``, as its
             validation and test did; else the raw weights), ``raw`` or ``ema``.
-        trusted: allow the unsafe loader as a fallback (see the module docstring).
+        trusted: also read checkpoints that need the unsafe loader (see the module docstring).
 
     Returns:
         ``(model in eval mode on device, class names, run config as plain dicts)``.
@@ -218,5 +226,5 @@ def load_trained_model(ckpt: str | Path, device: str | torch.device | None = "cp
     return model, class_names, config
 
 
-__all__ = ["WEIGHT_CHOICES", "CheckpointError", "check_state_dict", "checkpoint_config", "load_trained_model",
-           "read_checkpoint", "resolve_checkpoint", "run_dir_of"]
+__all__ = ["WEIGHT_CHOICES", "CheckpointError", "check_state_dict", "checkpoint_config", "first_line",
+           "load_trained_model", "read_checkpoint", "resolve_checkpoint", "run_dir_of"]

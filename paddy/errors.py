@@ -1,0 +1,80 @@
+"""The one base of the errors paddy explains to its user, and the one handler every entry point uses.
+
+A :class:`PaddyError` is bad input or a setting that cannot be honoured (a missing file, a negative
+learning rate, a checkpoint that would run code). It carries its own message, which names the key or
+file, the value and what would be valid, and its exit code. Entry points wrap their work in
+:func:`reported`: such an error ends the command with that message on one line (a data error may
+list its culprits below it) and the exit code, never a traceback. Anything else is a bug in paddy
+and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import sys
+from collections.abc import Iterator
+
+USER_ERROR_EXIT = 2
+
+
+class PaddyError(ValueError):
+    """Bad input or a setting paddy cannot honour; the command ends with :attr:`exit_code`."""
+
+    exit_code = USER_ERROR_EXIT
+
+
+class SettingError(PaddyError):
+    """A config value outside what it may be (``data.batch_size=0``, ``optimizer.lr=-1``, ...)."""
+
+
+def first_line(err: BaseException) -> str:
+    """``Type: first line of the message`` (terminal colour codes removed), for one-line errors."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip().splitlines()
+    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
+
+
+def _config_error(err: Exception) -> PaddyError | None:
+    """An OmegaConf error about the user's config (a missing ``???`` value, ...) as a one-line error."""
+    from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
+    if not isinstance(err, OmegaConfBaseException):
+        return None
+    key = getattr(err, "full_key", None) or "?"
+    if isinstance(err, MissingMandatoryValue):
+        return SettingError(f"{key} is required: set {key}=<value> on the command line")
+    message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return SettingError(f"config key {key}: {message}")
+
+
+@contextlib.contextmanager
+def reported(log: logging.Logger, reraise: bool = False) -> Iterator[None]:
+    """Turn a :class:`PaddyError` (or an OmegaConf error in the user's config) into its message and
+    ``sys.exit(exit_code)``. ``reraise``: raise it instead (a sweep's job, so the sweeper records a
+    failed trial and goes on)."""
+    try:
+        yield
+    except Exception as err:  # noqa: BLE001 - sorted below: user errors exit, the rest re-raise
+        user = err if isinstance(err, PaddyError) else _config_error(err)
+        if user is None:
+            raise
+        log.error("%s", user)
+        if not reraise:
+            sys.exit(user.exit_code)
+        if user is err:
+            raise
+        raise user from err
+
+
+def in_multirun() -> bool:
+    """Whether this process runs a job of a Hydra multirun (sweep)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN"
+    except Exception:  # noqa: BLE001 - no Hydra context: a plain Python call
+        return False
+
+
+__all__ = ["USER_ERROR_EXIT", "PaddyError", "SettingError", "first_line", "in_multirun", "reported"]
