@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import pickle
 import random
 from pathlib import Path
 
@@ -18,6 +21,7 @@ from paddy.data import cache as cache_module
 from paddy.data import validation as validation_module
 from paddy.data.cache import DecodedImageCache, default_short_side, shrink
 from paddy.data.gpu_augment import BatchAugment, unsupported_steps
+from paddy.data.imageio import ImageDecodeError
 from paddy.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform
 
 RGB_TRAIN = {
@@ -284,3 +288,144 @@ def test_two_processes_fill_one_cache_once(tmp_path: Path):
     assert meta["stored"] == len(shapes) == 18
     # Every image stored once: the pixel file holds exactly the images' bytes.
     assert (directory / "pixels.u8").stat().st_size == int((shapes[:, 0] * shapes[:, 1] * 3).sum())
+
+
+# ---------------------------------------------------------------------------------------------- cache checksums
+
+
+def filled_cache(root: Path, cache_dir: Path) -> tuple[DecodedImageCache, list[np.ndarray], bytes]:
+    """A complete cache of ``root``'s photos: the cache, its images as read back clean, and pixels.u8's bytes."""
+    files = sorted(str(p) for p in (root / "train_images").rglob("*.jpg"))
+    cache = DecodedImageCache(cache_dir, files, 40)
+    cache.fill()
+    cache.finish()
+    reader = cache.reader()
+    return cache, [reader(i) for i in range(len(files))], (cache.directory / "pixels.u8").read_bytes()
+
+
+def corrupt(pixels: Path, how: str) -> None:
+    """XOR 20% of the file's bytes (a fixed choice, never with 0), or zero it all; the size stays."""
+    data = np.fromfile(pixels, dtype=np.uint8)
+    if how == "zeroed":
+        data[:] = 0
+    else:
+        rng = np.random.default_rng(0)
+        where = rng.choice(data.size, data.size // 5, replace=False)
+        data[where] ^= rng.integers(1, 256, where.size, dtype=np.uint8)
+    data.tofile(pixels)
+
+
+def checksum_messages(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if "did not match its checksum" in r.getMessage()]
+
+
+@pytest.fixture
+def fresh_mismatch_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process has warned about no mismatch yet (the warning is once per process)."""
+    monkeypatch.setattr(cache_module, "_mismatches", {"pid": 0, "count": 0})
+
+
+@pytest.mark.parametrize("how", ["xor", "zeroed"])
+def test_corrupted_cache_is_detected_and_repaired(how: str, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                  fresh_mismatch_count: None):
+    cache, clean, clean_bytes = filled_cache(photo_root(tmp_path / "paddy"), tmp_path / "cache")
+    pixels = cache.directory / "pixels.u8"
+    corrupt(pixels, how)
+    assert pixels.read_bytes() != clean_bytes
+
+    caplog.set_level(logging.DEBUG, logger=cache_module.__name__)
+    reader = DecodedImageCache(tmp_path / "cache", cache.files, 40).reader()
+    for i, expected in enumerate(clean):
+        assert np.array_equal(reader(i), expected), i
+    warnings = [r for r in checksum_messages(caplog) if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "repaired the cache entry" in warnings[0].getMessage()
+    assert len(checksum_messages(caplog)) == len(clean)  # the others at debug level
+    assert pixels.read_bytes() == clean_bytes  # repaired in place, bit for bit
+
+    caplog.clear()
+    again = DecodedImageCache(tmp_path / "cache", cache.files, 40).reader()
+    assert all(np.array_equal(again(i), expected) for i, expected in enumerate(clean))
+    assert checksum_messages(caplog) == []
+
+
+def test_read_only_corrupted_cache_still_reads_the_right_pixels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               caplog: pytest.LogCaptureFixture,
+                                                               fresh_mismatch_count: None):
+    cache, clean, _ = filled_cache(photo_root(tmp_path / "paddy", per_class=2), tmp_path / "cache")
+    pixels = cache.directory / "pixels.u8"
+    corrupt(pixels, "xor")
+    damaged = pixels.read_bytes()
+
+    def refuse(*args):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(os, "pwrite", refuse)  # a read-only cache (chmod does not stop root)
+    caplog.set_level(logging.WARNING, logger=cache_module.__name__)
+    reader = cache.reader()
+    for _ in range(2):  # an entry that could not be repaired is decoded again on every read
+        assert all(np.array_equal(reader(i), expected) for i, expected in enumerate(clean))
+    assert len(checksum_messages(caplog)) == 1 and "could not write it back" in caplog.text
+    assert pixels.read_bytes() == damaged
+
+
+def test_corrupted_entry_of_a_vanished_file_is_an_error(tmp_path: Path, fresh_mismatch_count: None):
+    """No file to repair from: stop with the reason rather than train on damaged pixels."""
+    cache, _, _ = filled_cache(photo_root(tmp_path / "paddy", per_class=1), tmp_path / "cache")
+    corrupt(cache.directory / "pixels.u8", "zeroed")
+    Path(cache.files[0]).unlink()
+    with pytest.raises(ImageDecodeError, match="did not match its checksum .* cannot be decoded"):
+        cache.reader()(0)
+
+def test_loader_workers_check_the_cache_again(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    """Slots the parent verified are checked again in a (forked or unpickled) loader worker."""
+    cache, clean, _ = filled_cache(photo_root(tmp_path / "paddy", per_class=2), tmp_path / "cache")
+    reader = cache.reader()
+    assert all(np.array_equal(reader(i), expected) for i, expected in enumerate(clean))  # all verified here
+    corrupt(cache.directory / "pixels.u8", "zeroed")
+    unpickled = pickle.loads(pickle.dumps(reader))
+    assert np.array_equal(unpickled(0), clean[0])
+
+    class Images(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return len(clean)
+
+        def __getitem__(self, i: int) -> np.ndarray:
+            return reader(i)
+
+    loader = torch.utils.data.DataLoader(Images(), batch_size=None, num_workers=1)
+    assert all(np.array_equal(image.numpy(), expected) for image, expected in zip(loader, clean, strict=True))
+
+
+def test_damaged_or_old_index_is_no_cache(tmp_path: Path):
+    cache, clean, _ = filled_cache(photo_root(tmp_path / "paddy", per_class=2), tmp_path / "cache")
+    index = cache.directory / "index.npz"
+    index.write_bytes(index.read_bytes()[:100])  # a zip cut short: zipfile.BadZipFile
+    assert DecodedImageCache(tmp_path / "cache", cache.files, 40).missing() == list(range(len(clean)))
+    np.savez(index, offsets=cache.offsets, shapes=cache.shapes)  # no checksums
+    rebuilt = DecodedImageCache(tmp_path / "cache", cache.files, 40)
+    assert rebuilt.missing() == list(range(len(clean)))
+    rebuilt.fill()
+    rebuilt.finish()
+    assert all(np.array_equal(rebuilt.reader()(i), expected) for i, expected in enumerate(clean))
+
+
+def test_training_on_a_corrupted_cache_matches_the_clean_run(paddy_root: Path, tmp_path: Path,
+                                                             caplog: pytest.LogCaptureFixture,
+                                                             fresh_mismatch_count: None):
+    from paddy.config import compose_config
+    from paddy.pipeline import train
+
+    def fit(name: str) -> dict:
+        train(compose_config([*TINY, "data=paddy", f"data.root={paddy_root}", "data.cache=memmap",
+                              "data.val_fraction=0.25", "data.test_fraction=0", "logger=none",
+                              f"paths.cache_dir={tmp_path / 'cache'}", f"paths.output_dir={tmp_path / name}"]))
+        return json.loads((tmp_path / name / "history.json").read_text())
+
+    clean = fit("clean")
+    (pixels,) = (tmp_path / "cache" / "images").glob("*/pixels.u8")
+    corrupt(pixels, "xor")
+    caplog.set_level(logging.WARNING, logger=cache_module.__name__)
+    repaired = fit("corrupted")
+    for key in ("train_loss", "valid_loss"):
+        assert len(repaired[key]) == 2 and np.allclose(repaired[key], clean[key], rtol=0, atol=1e-6), key
+    assert "repaired the cache entry" in caplog.text
