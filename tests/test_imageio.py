@@ -1,12 +1,13 @@
-"""Decoding: every image becomes HxWx3 uint8 RGB; incomplete files are caught."""
+"""Decoding: every image becomes HxWx3 uint8 RGB; incomplete and damaged files are caught."""
 
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from PIL import Image
 
-from paddy.data.imageio import ImageDecodeError, check_image_file, read_image
+from paddy.data.imageio import ImageDecodeError, check_and_decode, check_image_file, read_image, to_rgb_uint8
 
 
 def test_colour_jpeg_is_rgb(tmp_path: Path):
@@ -58,3 +59,99 @@ def test_truncated_png_garbage_and_empty_files(tmp_path: Path):
     assert check_image_file(tmp_path / "absent.png") == "file not found"
     with pytest.raises(ImageDecodeError, match="text.jpg"):
         read_image(tmp_path / "text.jpg")
+
+
+# ------------------------------------------------------------------ damaged JPEGs that libjpeg decodes
+
+
+def photo(height: int = 96, width: int = 128) -> np.ndarray:
+    """BGR content that compresses like a photo (shading, shapes, noise), unlike flat test colours."""
+    rng = np.random.default_rng(height * width)
+    y, x = np.mgrid[0:height, 0:width]
+    image = np.dstack([128 + 60 * np.sin(x / (9 + 4 * c) + c) * np.cos(y / 11) for c in range(3)])
+    for _ in range(8):
+        centre = (int(rng.integers(width)), int(rng.integers(height)))
+        cv2.circle(image, centre, int(rng.integers(4, 24)), rng.integers(0, 256, 3).tolist(), -1)
+    return np.clip(image + rng.normal(0, 6, image.shape), 0, 255).astype(np.uint8)
+
+
+def jpeg_bytes(image: np.ndarray, progressive: bool = False) -> bytes:
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_PROGRESSIVE, int(progressive)])
+    assert ok
+    return buf.tobytes()
+
+
+def opencv_pixels(path: Path) -> np.ndarray:
+    """What check_and_decode returned before JPEGs got a strict decoder: OpenCV's pixels."""
+    return to_rgb_uint8(cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH))
+
+
+@pytest.mark.parametrize("cut", [0.3, 0.6, 0.9])
+@pytest.mark.parametrize("progressive", [False, True], ids=["baseline", "progressive"])
+def test_jpeg_cut_short_with_end_marker_appended_is_refused(tmp_path: Path, progressive: bool, cut: float):
+    data = jpeg_bytes(photo(), progressive)
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(data[: int(len(data) * cut)] + b"\xff\xd9")
+    assert opencv_pixels(path).shape == (96, 128, 3)  # OpenCV "decodes" it: grey or blurry below the cut
+    reasons = {"corrupt JPEG data (premature end of data segment)"}
+    if progressive:  # cut before the last scans: those are missing, whatever libjpeg says
+        reasons.add("truncated JPEG (scans missing)")
+    assert check_image_file(path) in reasons
+    with pytest.raises(ImageDecodeError, match="cut.jpg: (corrupt|truncated) JPEG"):
+        read_image(path)
+
+
+def test_progressive_jpeg_cut_between_scans_is_refused(tmp_path: Path):
+    # libjpeg does not even warn: the scans it got decode to a blurrier, complete-looking image.
+    data = jpeg_bytes(photo(), progressive=True)
+    (tmp_path / "cut.jpg").write_bytes(data[: data.rfind(b"\xff\xda")] + b"\xff\xd9")
+    assert check_image_file(tmp_path / "cut.jpg") == "truncated JPEG (scans missing)"
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_jpeg_with_garbage_in_the_middle_is_refused(tmp_path: Path, seed: int):
+    data = bytearray(jpeg_bytes(photo()))
+    middle = len(data) // 2
+    data[middle : middle + 64] = np.random.default_rng(seed).integers(0, 256, 64, dtype=np.uint8).tobytes()
+    (tmp_path / "garbage.jpg").write_bytes(data)
+    assert check_image_file(tmp_path / "garbage.jpg").startswith("corrupt JPEG")
+
+
+def pil_jpeg(path: Path, image: Image.Image, **options: object) -> Path:
+    image.save(path, "JPEG", **options)
+    return path
+
+
+def test_good_images_keep_opencv_pixels(tmp_path: Path):
+    bgr = photo(37, 53)  # odd sizes: partial blocks at the edges
+    rgb = Image.fromarray(bgr[..., ::-1].copy())
+    files = [tmp_path / "baseline.jpg", tmp_path / "progressive.jpg", tmp_path / "gray.jpg", tmp_path / "p.png"]
+    (tmp_path / "baseline.jpg").write_bytes(jpeg_bytes(bgr))
+    (tmp_path / "progressive.jpg").write_bytes(jpeg_bytes(bgr, progressive=True))
+    (tmp_path / "gray.jpg").write_bytes(jpeg_bytes(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)))
+    cv2.imwrite(str(tmp_path / "p.png"), bgr)
+    files.append(pil_jpeg(tmp_path / "pil.jpg", rgb, quality=95, subsampling=0, optimize=True))
+    files.append(pil_jpeg(tmp_path / "cmyk.jpg", rgb.convert("CMYK")))
+    for orientation in range(1, 9):  # EXIF-rotated: turned upright exactly as OpenCV does
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        files.append(pil_jpeg(tmp_path / f"exif{orientation}.jpg", rgb, exif=exif, progressive=orientation > 4))
+    for path in files:
+        reason, image = check_and_decode(path)
+        assert reason is None, (path.name, reason)
+        assert np.array_equal(image, opencv_pixels(path)), path.name
+        assert np.array_equal(read_image(path), image), path.name
+    assert check_and_decode(tmp_path / "exif6.jpg")[1].shape == (53, 37, 3)
+
+
+def test_harmless_jpeg_oddities_are_accepted(tmp_path: Path):
+    data = jpeg_bytes(photo())
+    trailer = tmp_path / "trailer.jpg"  # e.g. a motion photo: a video after the end-of-image marker
+    trailer.write_bytes(data + b"\x00\x00\x00\x18ftypmp42" + bytes(4096))
+    jfif = tmp_path / "jfif2.jpg"  # libjpeg warns "unknown JFIF revision number 2.01", pixels are fine
+    at = data.index(b"JFIF\x00") + 5
+    jfif.write_bytes(data[:at] + b"\x02" + data[at + 1 :])
+    for path in (trailer, jfif):
+        reason, image = check_and_decode(path)
+        assert reason is None, (path.name, reason)
+        assert np.array_equal(image, opencv_pixels(trailer)), path.name
