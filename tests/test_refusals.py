@@ -133,6 +133,12 @@ def test_duplicated_rows_are_kept_once_and_never_leak_across_splits(layout: str,
 
 
 def test_no_image_is_in_two_splits_on_any_layout(paddy_root, metadata_root, imagefolder_root, flat_imagefolder_root):
+    # Every image listed twice where the layout allows it: CSV rows repeated, a symlink to a file
+    # of the same class folder.
+    duplicate_rows(paddy_root / "train.csv")
+    duplicate_rows(metadata_root / "metadata.csv")
+    for path in sorted((flat_imagefolder_root / CLASSES[0]).glob("*.png")):
+        (path.parent / f"link-{path.name}").symlink_to(path)
     layouts = [(PaddyDoctorSource, paddy_root), (MetadataCSVSource, metadata_root),
                (ImageFolderSource, imagefolder_root), (ImageFolderSource, flat_imagefolder_root)]
     for source, root in layouts:
