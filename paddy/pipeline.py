@@ -263,7 +263,7 @@ def resolve_resume(ckpt_path: str | None, resume: str | None, output_dir: Path) 
     when it exists (a re-run of the same command with the same run dir continues), else None."""
     if ckpt_path:
         if not Path(ckpt_path).is_file():
-            raise RunConfigError(f"ckpt_path={ckpt_path}: no such file (expected a .ckpt file of a paddy run)")
+            raise RunConfigError(f"ckpt_path={ckpt_path} does not exist (expected a .ckpt file of a paddy run)")
         return str(ckpt_path)
     if resume in (None, False, "never", "none"):
         return None
