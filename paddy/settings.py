@@ -40,13 +40,17 @@ def _number(key: str, value: Any, kind: type, wanted: str) -> Any:
     return number
 
 
+def _checked(key: str, value: Any, kind: type, wanted: str, ok: Callable[[Any], bool]) -> Any:
+    number = _number(key, value, kind, wanted)
+    if not ok(number):
+        raise SettingError(f"{key}={value!r}: expected {wanted}")
+    return number
+
+
 def positive_int(key: str, value: Any, maximum: int | None = None) -> int:
     """``value`` as an int >= 1 (and <= ``maximum``), else a :class:`SettingError` naming ``key``."""
     wanted = "a positive integer" + (f" up to {maximum}" if maximum else "")
-    number = _number(key, value, int, wanted)
-    if number < 1 or (maximum is not None and number > maximum):
-        raise SettingError(f"{key}={value!r}: expected {wanted}")
-    return number
+    return _checked(key, value, int, wanted, lambda n: n >= 1 and (maximum is None or n <= maximum))
 
 
 def optional_positive_int(key: str, value: Any) -> int | None:
@@ -54,18 +58,12 @@ def optional_positive_int(key: str, value: Any) -> int | None:
 
 
 def non_negative_int(key: str, value: Any) -> int:
-    number = _number(key, value, int, "an integer >= 0")
-    if number < 0:
-        raise SettingError(f"{key}={value!r}: expected an integer >= 0")
-    return number
+    return _checked(key, value, int, "an integer >= 0", lambda n: n >= 0)
 
 
 def fraction(key: str, value: Any) -> float:
     """A fraction of a dataset: ``0 <= value < 1``."""
-    number = _number(key, value, float, "a number with 0 <= value < 1")
-    if not 0 <= number < 1:
-        raise SettingError(f"{key}={value!r}: expected a number with 0 <= value < 1")
-    return number
+    return _checked(key, value, float, "a number with 0 <= value < 1", lambda n: 0 <= n < 1)
 
 
 def split_fractions(val_fraction: Any, test_fraction: Any) -> tuple[float, float]:
@@ -78,26 +76,16 @@ def split_fractions(val_fraction: Any, test_fraction: Any) -> tuple[float, float
 
 
 def positive_float(key: str, value: Any) -> float:
-    number = _number(key, value, float, "a number > 0")
-    if number <= 0:
-        raise SettingError(f"{key}={value!r}: expected a number > 0")
-    return number
+    return _checked(key, value, float, "a number > 0", lambda n: n > 0)
 
 
 def non_negative_float(key: str, value: Any) -> float:
-    number = _number(key, value, float, "a number >= 0")
-    if number < 0:
-        raise SettingError(f"{key}={value!r}: expected a number >= 0")
-    return number
+    return _checked(key, value, float, "a number >= 0", lambda n: n >= 0)
 
 
 def max_epochs(key: str, value: Any) -> int:
-    """Lightning's ``max_epochs``: at least one epoch, or -1 for no limit."""
-    number = _number(key, value, int, "a positive integer (or -1: no limit)")
-    if number < 1 and number != -1:
-        raise SettingError(f"{key}={value!r}: expected a positive integer (or -1: no limit); "
-                           f"to only test a checkpoint use python -m paddy.evaluate")
-    return number
+    """Lightning's ``max_epochs``: at least one epoch, or -1 for no limit (0 would only test)."""
+    return _checked(key, value, int, "a positive integer (or -1: no limit)", lambda n: n >= 1 or n == -1)
 
 
 def _optional(check: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
