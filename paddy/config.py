@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 # Packages whose classes paddy's configs may name as ``_target_`` (Hydra 1.4 asks for a whitelist:
 # config-selected targets can run arbitrary code). Extend it for your own callbacks/loggers with
@@ -41,3 +43,34 @@ def instantiate(node: Any, **kwargs: Any) -> Any:
     from hydra.utils import instantiate as hydra_instantiate
 
     return hydra_instantiate(node, _execution_whitelist_=list(TRUSTED_TARGETS), **kwargs)
+
+
+def run_stamp() -> str:
+    """The name of a run's directory under ``outputs/``: the same in every process of one run.
+
+    Hydra's default is the clock (``%Y-%m-%d/%H-%M-%S``), which each process of a distributed run
+    reads for itself. So: in a SLURM job, ``slurm-<job id>[_<array task>][.<step>]`` (also after the job
+    is requeued, so ``resume=auto`` finds its checkpoints); under ``torchrun``, the clock of whichever
+    process asks first, shared through the rendezvous' key-value store; else the clock.
+    (Lightning's own launcher passes rank 0's run directory to the processes it starts.)
+    """
+    env = os.environ
+    if env.get("SLURM_JOB_ID"):
+        name = f"slurm-{env.get('SLURM_ARRAY_JOB_ID') or env['SLURM_JOB_ID']}"
+        if env.get("SLURM_ARRAY_TASK_ID"):
+            name += f"_{env['SLURM_ARRAY_TASK_ID']}"
+        if env.get("SLURM_STEP_ID") not in (None, "0", "4294967294"):  # several sruns in one job
+            name += f".{env['SLURM_STEP_ID']}"
+        return name
+    stamp = time.strftime("%Y-%m-%d/%H-%M-%S")
+    if env.get("TORCHELASTIC_RUN_ID") and env.get("MASTER_ADDR") and env.get("MASTER_PORT"):
+        from torch.distributed import TCPStore
+
+        store = TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), is_master=False, wait_for_workers=False)
+        # The first process to ask sets it; an elastic restart of the same run keeps it (resume=auto).
+        stamp = store.compare_set("paddy/run_stamp", "", stamp).decode()
+    return stamp
+
+
+if not OmegaConf.has_resolver("paddy.run_stamp"):
+    OmegaConf.register_new_resolver("paddy.run_stamp", run_stamp, use_cache=True)

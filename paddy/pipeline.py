@@ -19,6 +19,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from paddy.config import instantiate
@@ -26,7 +27,7 @@ from paddy.data.datamodule import ImageDataModule
 from paddy.errors import PaddyError
 from paddy.models.factory import ModelConfigError, build_model
 from paddy.settings import check_settings, check_writable
-from paddy.tasks.callbacks import HISTORY_METRICS, RunHistory
+from paddy.tasks.callbacks import HISTORY_METRICS, EpochSeed, RunHistory
 from paddy.tasks.classification import ClassificationTask
 from paddy.tasks.ema import EMAWeights
 from paddy.tasks.freeze import FreezeSchedule
@@ -80,8 +81,10 @@ def _instantiate_all(group: DictConfig | None) -> list[Any]:
 
 
 def recipe_callbacks(cfg: DictConfig) -> list[L.Callback]:
-    """The callbacks that top-level keys switch on: ``freeze``, ``ema``, ``trainer_guard``, ``optuna``."""
+    """The callbacks that top-level keys switch on: ``seed``, ``freeze``, ``ema``, ``trainer_guard``, ``optuna``."""
     callbacks: list[L.Callback] = []
+    if cfg.get("seed") is not None:
+        callbacks.append(EpochSeed(int(cfg.seed)))
     freeze = cfg.get("freeze") or {}
     if freeze.get("backbone"):
         callbacks.append(FreezeSchedule(backbone=True, unfreeze_epoch=freeze.get("unfreeze_epoch"),
@@ -116,6 +119,9 @@ def trainer_settings(cfg: DictConfig) -> dict[str, Any]:
     """``cfg.trainer`` as Trainer arguments, with the precision the device can run and the GPU defaults."""
     options = gpu_trainer_defaults(OmegaConf.to_container(cfg.trainer, resolve=True))
     options["precision"] = resolve_precision(options.get("precision"), options.get("accelerator"))
+    # paddy's datamodule shards the data itself under DDP (each evaluation image exactly once, the
+    # training order a function of seed and epoch); Lightning's sampler would pad and reshuffle.
+    options["use_distributed_sampler"] = False
     return options
 
 
@@ -159,6 +165,8 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> d
     step timer). Returns the final metrics (the contents of ``metrics.json``).
     """
     _quiet_logging()
+    if rank_zero_only.rank > 0:  # the other DDP processes: warnings and errors only, no copies of rank 0's log
+        log.setLevel(logging.WARNING)
     started = time.perf_counter()
     check_settings(cfg)
     output_dir = Path(cfg.paths.output_dir)
@@ -250,8 +258,9 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> d
     metrics["f1_per_class"] = {s: dict(zip(metrics["classes"], v.tolist())) for s, v in task.last_f1_class.items()}
     metrics["optimized_metric"] = cfg.get("optimized_metric")
     metrics["optimized_value"] = _metric_value(cfg.get("optimized_metric"), {**fit_metrics, **test_metrics})
-    if trainer.is_global_zero:
-        write_json(output_dir / "metrics.json", metrics)
+    if not trainer.is_global_zero:
+        return metrics
+    write_json(output_dir / "metrics.json", metrics)
     log.info("Done in %.0f s: best val acc %s (epoch %s), test acc %s. Artifacts in %s",
              metrics["total_time_s"], _fmt(metrics.get("valid_acc")), metrics.get("best_epoch"),
              _fmt(metrics.get("test_acc")), output_dir)
@@ -269,12 +278,19 @@ def resolve_resume(ckpt_path: str | None, resume: str | None, output_dir: Path) 
         return None
     if resume != "auto":
         raise RunConfigError(f"resume={resume!r} (expected auto or null)")
-    last = output_dir / "checkpoints" / "last.ckpt"
-    if last.is_file():
-        log.info("resume=auto: continuing from %s", last)
-        return str(last)
-    log.info("resume=auto: no %s yet, starting a new run", last)
+    found = resumable_checkpoints(output_dir)
+    if found:
+        log.info("resume=auto: continuing from %s", found[-1])
+        return str(found[-1])
+    log.info("resume=auto: no %s yet, starting a new run", output_dir / "checkpoints" / "last.ckpt")
     return None
+
+
+def resumable_checkpoints(output_dir: Path) -> list[Path]:
+    """A run directory's checkpoints to continue from, oldest first: ``checkpoints/last.ckpt`` (end of
+    an epoch) and Lightning's ``hpc_ckpt_*.ckpt`` (saved mid-epoch when SLURM signalled preemption)."""
+    candidates = [output_dir / "checkpoints" / "last.ckpt", *output_dir.glob("hpc_ckpt_*.ckpt")]
+    return sorted((p for p in candidates if p.is_file()), key=lambda p: p.stat().st_mtime)
 
 
 def check_resumable(ckpt_path: str, task: ClassificationTask, trusted: bool) -> None:
@@ -312,5 +328,5 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-__all__ = ["RunConfigError", "build_datamodule", "build_task", "build_trainer", "resolve_resume", "train",
-           "trainer_settings"]
+__all__ = ["RunConfigError", "build_datamodule", "build_task", "build_trainer", "resolve_resume",
+           "resumable_checkpoints", "train", "trainer_settings"]

@@ -164,13 +164,29 @@ def check_writable(folder: str | Path, what: str) -> None:
                            f"hydra.run.dir=<folder> or fix its permissions") from None
 
 
+def check_fresh_or_resumed(run_dir: Path, resume: Any, ckpt_path: Any) -> None:
+    """A run directory that already holds a run's checkpoints is continued (``resume=auto``), never
+    silently trained over from scratch."""
+    from paddy.pipeline import resumable_checkpoints
+
+    if resume == "auto" or ckpt_path or not resumable_checkpoints(run_dir):
+        return
+    raise SettingError(f"the run directory {run_dir} already holds a run's checkpoints: pass resume=auto to continue "
+                       f"it, or hydra.run.dir=<another folder> for a new run")
+
+
 class EarlyChecks(Callback):
     """A Hydra callback (``hydra.callbacks`` in conf/train.yaml) that judges the settings and the
     run directory before Hydra writes into it: a bad value leaves no empty run folder behind, and a
     folder that cannot be written gets one line instead of a logging traceback."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._exit_on_error(lambda: (check_settings(config), check_writable(config.hydra.run.dir, "the run directory")))
+        def checks() -> None:
+            check_settings(config)
+            check_fresh_or_resumed(Path(config.hydra.run.dir), config.get("resume"), config.get("ckpt_path"))
+            check_writable(config.hydra.run.dir, "the run directory")
+
+        self._exit_on_error(checks)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._exit_on_error(lambda: check_writable(config.hydra.sweep.dir, "the sweep directory"))

@@ -72,33 +72,46 @@ def collate_raw(samples: list[tuple[dict[str, torch.Tensor], int]]) -> tuple[dic
     return out, torch.tensor([label for _, label in samples], dtype=torch.int64)
 
 
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The augmentation seed of sample ``index`` in ``epoch`` of a run seeded ``seed``."""
+    return int(np.random.SeedSequence([int(seed) % 2**32, int(epoch), int(index)]).generate_state(1)[0])
+
+
 class ImageDataset(Dataset):
     """Samples of one split, read through the index's reader.
 
     A sample is ``(image tensor, label)``; with ``features`` (name -> extractor of the decoded,
     un-augmented image, e.g. DCT coefficients) it is ``({"images": tensor, name: tensor, ...}, label)``
     and the model is called as ``model(**inputs)``.
+
+    The augmentation of a sample is a function of (``seed``, epoch, sample index) alone: the key is
+    ``i`` or ``(epoch, i)`` (what :class:`EpochSeededSampler` yields), and the pipeline is seeded
+    with :func:`sample_seed` before each sample. So neither the number of loader workers, nor the
+    world size, nor resuming a killed run changes which augmentation an image gets in an epoch.
     """
 
     def __init__(self, index: SourceIndex, transform: Callable | None,
-                 features: Mapping[str, Callable[[np.ndarray], np.ndarray]] | None = None):
+                 features: Mapping[str, Callable[[np.ndarray], np.ndarray]] | None = None, seed: int = 0):
         self.reader = index.reader
         self.labels = index.labels
         self.items = index.items
         self.transform = transform
         self.features = dict(features or {})
+        self.seed = int(seed)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def reseed(self, seed: int) -> None:
-        """Seed the augmentation pipeline (albumentations draws from its own generators, which
-        ``seed_everything`` does not reach; unseeded, every run would augment differently)."""
-        if hasattr(self.transform, "set_random_seed"):
-            self.transform.set_random_seed(int(seed) % 2**32)
+        """The run seed the per-sample augmentation seeds derive from."""
+        self.seed = int(seed)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor | dict[str, torch.Tensor], int]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor | dict[str, torch.Tensor], int]:
+        epoch, i = key if isinstance(key, tuple) else (0, key)
         image = self.reader(i)
+        if hasattr(self.transform, "set_random_seed"):
+            # albumentations draws from its own generators, which seed_everything does not reach.
+            self.transform.set_random_seed(sample_seed(self.seed, epoch, i))
         extras = {name: torch.from_numpy(extract(image)) for name, extract in self.features.items()}
         if self.transform is None:
             # Raw pixels for device-side augmentation (see collate_raw).
@@ -109,25 +122,45 @@ class ImageDataset(Dataset):
         return image, int(self.labels[i])
 
 
-class EpochSeededSampler(Sampler[int]):
-    """Shuffles ``n`` indices with a permutation drawn from ``seed + epoch``.
+class EpochSeededSampler(Sampler[tuple[int, int]]):
+    """Shuffles ``n`` indices with a permutation drawn from ``seed + epoch``; yields ``(epoch, index)``.
 
     Lightning calls :meth:`set_epoch` before every epoch, so epoch ``k`` sees the same order whether
-    the run went straight through or was resumed from a checkpoint (a global RNG would differ).
+    the run went straight through or was resumed from a checkpoint (a global RNG would differ). Under
+    DDP each of ``world_size`` processes takes every ``world_size``-th index of the same permutation
+    from its ``rank`` on (the tail that does not divide evenly is left out of that epoch, so every
+    process runs the same number of steps).
     """
 
-    def __init__(self, n: int, seed: int):
+    def __init__(self, n: int, seed: int, rank: int = 0, world_size: int = 1):
         self.n, self.seed, self.epoch = n, seed, 0
+        self.rank, self.world_size = rank, world_size
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[tuple[int, int]]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(self.n, generator=generator).tolist())
+        order = torch.randperm(self.n, generator=generator)[: len(self) * self.world_size]
+        return iter((self.epoch, i) for i in order[self.rank :: self.world_size].tolist())
 
     def __len__(self) -> int:
-        return self.n
+        return self.n // self.world_size
+
+
+class ShardSampler(Sampler[int]):
+    """Evaluation under DDP: process ``rank`` of ``world_size`` takes indices ``rank, rank + world_size, ...``,
+    so every image of the split is evaluated exactly once (no padding: the metrics, synchronised across
+    processes at the epoch's end, count each image once, whatever the world size)."""
+
+    def __init__(self, n: int, rank: int = 0, world_size: int = 1):
+        self.indices = range(rank, n, world_size)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
 
 
 class ImageDataModule(LightningDataModule):
@@ -379,20 +412,33 @@ class ImageDataModule(LightningDataModule):
         if split not in self.split_indices:
             raise ValueError(f"{self._where()} has no {split} split (it has: {', '.join(self.split_indices)})")
         transform = None if raw else self.train_transform if split == "train" else self.eval_transform
-        dataset = ImageDataset(self.split_indices[split], transform, self.features)
-        dataset.reseed(self.shuffle_seed)
-        return dataset
+        return ImageDataset(self.split_indices[split], transform, self.features, seed=self.shuffle_seed)
 
     def _loader(self, split: str, shuffle: bool, raw: bool = False) -> DataLoader:
         dataset = self.dataset(split, raw=raw)
         batch = self.batch_size if split == "train" else self.eval_batch_size
-        sampler = EpochSeededSampler(len(dataset), self.shuffle_seed) if shuffle else None
+        rank, world = self._process_slot()
+        if shuffle:
+            sampler: Sampler = EpochSeededSampler(len(dataset), self.shuffle_seed, rank, world)
+        else:
+            sampler = ShardSampler(len(dataset), rank, world)
         return DataLoader(
             dataset, batch_size=batch, sampler=sampler, num_workers=self.num_workers,
             pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0,
             worker_init_fn=_seed_worker if self.num_workers > 0 else None,
-            drop_last=shuffle and len(dataset) > batch, collate_fn=collate_raw if raw else None,
+            drop_last=shuffle and len(sampler) > batch, collate_fn=collate_raw if raw else None,
+            # Its own generator for the workers' base seed: drawing it from the global one would make
+            # dropout and Mixup depend on how often a loader was iterated (0 vs N workers, resume).
+            generator=torch.Generator().manual_seed(self.shuffle_seed),
         )
+
+    def _process_slot(self) -> tuple[int, int]:
+        """(global rank, world size) of this process in the attached trainer; (0, 1) without one.
+        paddy's samplers shard the data themselves (the pipeline turns Lightning's off)."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0, 1
+        return int(trainer.global_rank), int(trainer.world_size)
 
     def uses_gpu_augment(self, device: torch.device | str | None = None) -> bool:
         """Whether the training loader hands raw pixels to :class:`BatchAugment` on ``device``
@@ -430,11 +476,12 @@ class ImageDataModule(LightningDataModule):
         return images, labels
 
     def _augment_random(self, device: torch.device) -> tuple[torch.Generator, random.Random]:
-        """Generators of the device-side augmentation, seeded from the run's seed and the epoch."""
+        """Generators of the device-side augmentation, seeded from the run's seed, the epoch and the rank
+        (batches reach the device in the same order whatever the number of loader workers)."""
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
         state = self._augment_state
         if state is None or state[0] != epoch or state[1].device != device:
-            seed = (self.shuffle_seed * 1_000_003 + epoch) % 2**63
+            seed = sample_seed(self.shuffle_seed, epoch, self._process_slot()[0])
             state = (epoch, torch.Generator(device=device).manual_seed(seed), random.Random(seed))
             self._augment_state = state
         return state[1], state[2]
@@ -447,16 +494,12 @@ class ImageDataModule(LightningDataModule):
 
 
 def _seed_worker(worker_id: int) -> None:
-    """Give each loader worker its own augmentation, NumPy and Python seeds, derived from the
-    loader's base seed (drawn from the seeded torch generator), so runs repeat and workers differ."""
-    import random
-
+    """Give each loader worker its own NumPy and Python seeds, derived from the loader's base seed
+    (the augmentation is seeded per sample, see :class:`ImageDataset`)."""
     info = torch.utils.data.get_worker_info()
     seed = info.seed % 2**32
     random.seed(seed)
     np.random.seed(seed)
-    if isinstance(info.dataset, ImageDataset):
-        info.dataset.reseed(seed)
 
 
 def default_num_workers() -> int:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 from lightning import Callback, LightningModule, Trainer
 
 from paddy.utils.plots import plot_history
@@ -78,3 +81,24 @@ class RunHistory(Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = state_dict.get("history", self._empty())
+
+
+class EpochSeed(Callback):
+    """Seeds Python, NumPy and torch (CPU and CUDA) at the start of every training epoch from
+    (run seed, epoch, global rank).
+
+    Dropout masks, Mixup/CutMix draws and anything else that uses the global generators are then a
+    function of the epoch rather than of everything drawn since the process started: a run killed
+    in epoch k and resumed from the checkpoint of epoch k-1 draws what the uninterrupted run drew.
+    """
+
+    def __init__(self, seed: int):
+        self.seed = int(seed)
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        from paddy.data.datamodule import sample_seed
+
+        seed = sample_seed(self.seed, trainer.current_epoch, trainer.global_rank)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)

@@ -117,8 +117,10 @@ class ClassificationTask(LightningModule):
             return
         self.val_acc_best(values["val/acc"])
         self.val_f1_best(values["val/f1"])
-        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
-        self.log("val/f1_best", self.val_f1_best.compute())
+        # Epoch values are the same on every DDP process (the metrics synchronised at compute);
+        # sync_dist only says so to Lightning.
+        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True, sync_dist=True)
+        self.log("val/f1_best", self.val_f1_best.compute(), sync_dist=True)
 
     def test_step(self, batch: tuple[Any, torch.Tensor], batch_idx: int) -> None:
         loss, logits, labels = self._shared_step(batch)
@@ -137,17 +139,19 @@ class ClassificationTask(LightningModule):
 
         Returns the scalar values, or None when the epoch saw no batch (nothing is logged then).
         """
-        if not _was_updated(scalars):
+        # Under DDP a process may have had no batch of a tiny split, but every process must compute
+        # (it is a collective): only a single process can skip an epoch without batches.
+        if self.trainer.world_size == 1 and not _was_updated(scalars):
             return None
         values = scalars.compute()
         scalars.reset()
         shown = {f"{split}/{name}" for name in _PROG_BAR_SCALARS}
-        self.log_dict({k: v for k, v in values.items() if k in shown}, prog_bar=True)
-        self.log_dict({k: v for k, v in values.items() if k not in shown})
+        self.log_dict({k: v for k, v in values.items() if k in shown}, prog_bar=True, sync_dist=True)
+        self.log_dict({k: v for k, v in values.items() if k not in shown}, sync_dist=True)
         extra = per_class.compute()
         per_class.reset()
         f1_class = extra[f"{split}/f1_class"].detach().float()
-        self.log_dict({f"{split}/f1_class/{tag}": f1_class[i] for i, tag in enumerate(self.class_tags)})
+        self.log_dict({f"{split}/f1_class/{tag}": f1_class[i] for i, tag in enumerate(self.class_tags)}, sync_dist=True)
         self.last_f1_class[split] = f1_class.cpu()
         self.last_confusion[split] = extra[f"{split}/confusion"].detach().to("cpu", torch.int64)
         return values

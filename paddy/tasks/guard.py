@@ -180,7 +180,7 @@ class NonFiniteLossGuard(Callback):
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._check(trainer, trainer.global_step - 1)
-        pl_module.log("train/skipped_steps", float(self.skipped_steps), on_step=False, on_epoch=True)
+        pl_module.log("train/skipped_steps", float(self.skipped_steps), on_step=False, on_epoch=True, sync_dist=True)
 
     @property
     def last_finite_loss(self) -> float | None:
