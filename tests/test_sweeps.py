@@ -7,6 +7,7 @@ is read back from the SQLite file in the sweep directory.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import signal
 import subprocess
@@ -143,3 +144,32 @@ def test_parallel_processes_share_one_study(tmp_path: Path) -> None:
     assert len({tuple(sorted(t.params.items())) for t in done}) == 4
     assert sum(path.read_text().count("Launching 1 jobs") for path in logs) == 4
     assert all((tmp_path / str(t.number) / "metrics.json").is_file() for t in done)
+
+
+def test_interrupted_trial_resumes_from_its_own_last_checkpoint(tmp_path: Path) -> None:
+    """kill -9 of the sweep after the first epoch of trial 0: the re-run's copy of trial 0 runs in job
+    directory 0 with resume=auto and continues from its last.ckpt instead of starting at epoch 0."""
+    args = ["hparams_search=tpe", "hparams_search.n_trials=1", "trainer.max_epochs=3", "trainer.limit_train_batches=4",
+            "callbacks=default", "++callbacks.rich_progress_bar=null", "++callbacks.early_stopping=null"]
+    log_path = tmp_path / "killed.log"
+    history = tmp_path / "0" / "history.json"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(_command(tmp_path, *args), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (history.is_file() and history.read_text().count('"epoch"') and
+                   (tmp_path / "0" / "checkpoints" / "last.ckpt").is_file()):
+            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()[-4000:]
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    result = _sweep(tmp_path, *args)
+    out = _output(result)
+    assert result.returncode == 0, out[-4000:]
+    assert f"resume=auto: continuing from {tmp_path / '0' / 'checkpoints' / 'last.ckpt'}" in out
+    trials = _trials(tmp_path, "tpe")
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert not (tmp_path / "1").exists()  # the copy ran in the interrupted trial's directory
+    assert json.loads(history.read_text())["epoch"] == [0, 1, 2]

@@ -352,11 +352,21 @@ class PaddyOptunaSweeperImpl(_impl.OptunaSweeperImpl):
         if attention is not None:  # the attention block is searched: leave out the knobs this one lacks
             block = self._attention_block(str(attention))
             overrides = [o for o in overrides if not self._knob_missing(block, o.split("=", 1)[0])]
+        overrides += self._rerun_overrides(trial)
         if isinstance(self.storage, str):
             attach = {"storage": self.storage, "study_name": trial.study.study_name, "trial_number": trial.number,
                       "monitor": self.monitor, "pruner": self.pruner_spec}
             overrides.append(f"++optuna={_override_value(attach)}")
         return overrides
+
+    def _rerun_overrides(self, trial: Trial) -> list[str]:
+        """A queued copy of an interrupted trial runs in that trial's job directory with ``resume=auto``:
+        it continues from the interrupted run's ``last.ckpt`` instead of starting again at epoch 0."""
+        retry_of = trial.study._storage.get_trial(trial._trial_id).system_attrs.get(RETRY_ATTR)
+        pattern = self.config.hydra.sweep._get_node("subdir")._value() if self.config is not None else None
+        if retry_of is None or not isinstance(pattern, str) or "${hydra.job.num}" not in pattern:
+            return []
+        return [f"hydra.sweep.subdir={_quote(pattern.replace('${hydra.job.num}', str(retry_of)))}", "resume=auto"]
 
     def _outcome(self, study: optuna.Study, trial: Trial, ret: JobReturn,
                  n_objectives: int) -> tuple[TrialState, list[float] | None, str | None]:
