@@ -73,4 +73,4 @@ def run_stamp() -> str:
 
 
 if not OmegaConf.has_resolver("paddy.run_stamp"):
-    OmegaConf.register_new_resolver("paddy.run_stamp", run_stamp, use_cache=True)
+    OmegaConf.register_resolver("paddy.run_stamp", run_stamp, use_cache=True)
