@@ -40,7 +40,9 @@ import math
 import os
 import socket
 import sys
+import time
 import traceback
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +64,7 @@ log = logging.getLogger(__name__)
 OWNER_ATTR = "paddy:owner"  # system attr: {"host", "pid", "start"} of the sweep process that asked the trial
 INTERRUPTED_ATTR = "paddy:interrupted"  # system attr: the trial was cut off; a copy was queued
 RETRY_ATTR = "paddy:retry_of"  # system attr of the queued copy: the interrupted trial's number
+RETRY_REASON_ATTR = "paddy:retry_reason"  # system attr of the queued copy: why the original was cut off
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 _SAMPLER_WHITELIST = ("hydra_plugins.hydra_optuna_sweeper.*", "optuna.samplers.*")
 
@@ -100,6 +103,11 @@ class PaddyOptunaSweeperConf(OptunaSweeperConf):
     monitor: str = "val/acc"
     # RUNNING trials found at start: local (those whose sweep process on this machine is gone) | all
     stale_trials: str = "local"
+    # Optuna's heartbeat (RDB storages): a trial's job records one every heartbeat_interval seconds; a
+    # RUNNING trial without one for grace_period seconds (its worker died, on any machine) is failed
+    # and its parameters are queued again. null: off.
+    heartbeat_interval: int | None = 60
+    grace_period: int | None = 600
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="paddy_optuna", node=PaddyOptunaSweeperConf,
@@ -135,8 +143,11 @@ def _owner_alive(owner: Any) -> bool | None:
     return owner.get("start") is None or start is None or start == owner.get("start")
 
 
-def _counted(trial: FrozenTrial) -> bool:
-    return not trial.system_attrs.get(INTERRUPTED_ATTR)
+def _counted(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    """The trials that count towards n_trials: not those cut off whose parameters were queued again
+    (marked interrupted, or, when the heartbeat failed them, named by their copy's ``retry_of``)."""
+    retried = {t.system_attrs.get(RETRY_ATTR) for t in trials} - {None}
+    return [t for t in trials if not t.system_attrs.get(INTERRUPTED_ATTR) and t.number not in retried]
 
 
 def _quote(value: str) -> str:
@@ -189,7 +200,7 @@ class PaddyOptunaSweeperImpl(_impl.OptunaSweeperImpl):
     def __init__(self, sampler: DictConfig, direction: Any, storage: Any | None, study_name: str | None,
                  n_trials: int | None, n_jobs: int, max_failure_rate: float, custom_search_space: str | None,
                  params: DictConfig | None, pruner: DictConfig | dict | str | None, monitor: str,
-                 stale_trials: str) -> None:
+                 stale_trials: str, heartbeat_interval: int | None = None, grace_period: int | None = None) -> None:
         super().__init__(None, direction, storage, study_name, n_trials, n_jobs, max_failure_rate,
                          custom_search_space, params)
         self.sampler_config: dict[str, Any] = (OmegaConf.to_container(sampler, resolve=True)
@@ -201,6 +212,12 @@ class PaddyOptunaSweeperImpl(_impl.OptunaSweeperImpl):
         if stale_trials not in ("local", "all"):
             raise ValueError(f"hydra.sweeper.stale_trials={stale_trials!r} (expected local or all)")
         self.stale_trials = stale_trials
+        if heartbeat_interval is not None and (int(heartbeat_interval) < 1 or grace_period is None
+                                               or int(grace_period) <= int(heartbeat_interval)):
+            raise ValueError(f"hydra.sweeper.heartbeat_interval={heartbeat_interval}, grace_period={grace_period} "
+                             f"(expected an interval >= 1 s and a longer grace period, or heartbeat_interval=null)")
+        self.heartbeat_interval = None if heartbeat_interval is None else int(heartbeat_interval)
+        self.grace_period = None if grace_period is None else int(grace_period)
         if n_trials is not None and int(n_trials) < 0:
             raise ValueError(f"hydra.sweeper.n_trials={n_trials} (expected >= 0, or null)")
         if int(n_jobs) < 1:
@@ -288,7 +305,7 @@ class PaddyOptunaSweeperImpl(_impl.OptunaSweeperImpl):
             sweep_dir = Path(str(self.sweep_dir)).resolve()
             sweep_dir.mkdir(parents=True, exist_ok=True)
             self.storage = f"sqlite:///{sweep_dir / 'optuna.db'}"
-        storage = open_storage(self.storage)
+        storage = open_storage(self.storage, self.heartbeat_interval, self.grace_period, self._requeue_stale)
         return optuna.create_study(study_name=self.study_name, storage=storage, sampler=self._make_sampler(0, grid),
                                    pruner=make_pruner(self.pruner), directions=directions, load_if_exists=True)
 
@@ -307,14 +324,32 @@ class PaddyOptunaSweeperImpl(_impl.OptunaSweeperImpl):
                     continue
             except optuna.exceptions.UpdateFinishedTrialError:
                 continue  # another process finished it meanwhile
-            system_attrs = {k: v for k, v in frozen.system_attrs.items() if not k.startswith("paddy:")}
-            system_attrs[RETRY_ATTR] = frozen.number
-            study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, params=frozen.params,
-                                                      distributions=frozen.distributions, system_attrs=system_attrs))
-            log.warning("Trial %d %s: marked FAIL (not counted); its parameters are queued again", frozen.number,
-                        reason)
+            self._queue_again(study, frozen, reason)
 
-    def _reclaim_stale(self, study: optuna.Study) -> None:
+    def _requeue_stale(self, study: optuna.Study, frozen: FrozenTrial) -> None:
+        """Optuna's heartbeat callback: ``frozen`` was failed for want of a heartbeat (its worker died).
+        A finished trial takes no more attributes: its copy records why (``retry_reason``)."""
+        self._queue_again(study, frozen, f"interrupted: no heartbeat for {self.grace_period} s (its worker died)")
+
+    @staticmethod
+    def _queue_again(study: optuna.Study, frozen: FrozenTrial, reason: str) -> None:
+        system_attrs = {k: v for k, v in frozen.system_attrs.items() if not k.startswith("paddy:")}
+        system_attrs[RETRY_ATTR] = frozen.number
+        system_attrs[RETRY_REASON_ATTR] = reason
+        study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, params=frozen.params,
+                                                  distributions=frozen.distributions, system_attrs=system_attrs))
+        log.warning("Trial %d %s: marked FAIL (not counted); its parameters are queued again", frozen.number, reason)
+
+    def _find_dead(self, study: optuna.Study) -> None:
+        """Fail and re-queue RUNNING trials whose worker is gone: on this machine by its pid, anywhere
+        by Optuna's heartbeat."""
+        self._reclaim_stale(study, quiet=True)
+        if self.heartbeat_interval:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
+
+    def _reclaim_stale(self, study: optuna.Study, quiet: bool = False) -> None:
         stale, elsewhere = [], []
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             alive = _owner_alive(trial.system_attrs.get(OWNER_ATTR))
@@ -324,13 +359,13 @@ class PaddyOptunaSweeperImpl(_impl.OptunaSweeperImpl):
                 elsewhere.append(trial)
         if stale:
             self._interrupt(study, stale, "interrupted: its sweep process is gone")
-        if elsewhere:
+        if elsewhere and not quiet:
             log.info("Trials %s are running in another process: counted as in flight (if that process is gone, "
                      "re-run with hydra.sweeper.stale_trials=all)", [t.number for t in elsewhere])
 
     def _surplus(self, study: optuna.Study, trial: Trial, n_trials: int) -> bool:
         """Whether ``n_trials`` counted trials (finished, running or queued) come before ``trial``."""
-        ahead = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number and _counted(t)]
+        ahead = [t for t in _counted(study.get_trials(deepcopy=False)) if t.number < trial.number]
         return len(ahead) >= n_trials
 
     def _ask(self, study: optuna.Study, size: int, n_trials: int, grid: dict[str, list[Any]] | None) -> list[Trial]:
@@ -355,7 +390,8 @@ class PaddyOptunaSweeperImpl(_impl.OptunaSweeperImpl):
         overrides += self._rerun_overrides(trial)
         if isinstance(self.storage, str):
             attach = {"storage": self.storage, "study_name": trial.study.study_name, "trial_number": trial.number,
-                      "monitor": self.monitor, "pruner": self.pruner_spec}
+                      "monitor": self.monitor, "pruner": self.pruner_spec,
+                      "heartbeat_interval": self.heartbeat_interval}
             overrides.append(f"++optuna={_override_value(attach)}")
         return overrides
 
@@ -444,9 +480,10 @@ class PaddyOptunaSweeperImpl(_impl.OptunaSweeperImpl):
         with reported(log):  # a damaged study database: one line, exit 2
             study = self._open_study(directions, grid)
         self._reclaim_stale(study)
+        self._find_dead(study)
 
         def counts() -> tuple[list[FrozenTrial], list[FrozenTrial]]:
-            counted = [t for t in study.get_trials(deepcopy=False) if _counted(t)]
+            counted = _counted(study.get_trials(deepcopy=False))
             return ([t for t in counted if t.state in FINISHED], [t for t in counted if t.state == TrialState.RUNNING])
 
         finished, running = counts()
@@ -462,6 +499,11 @@ class PaddyOptunaSweeperImpl(_impl.OptunaSweeperImpl):
         while True:
             finished, running = counts()
             to_go = n_trials - len(finished) - len(running)
+            if to_go <= 0 and running and self.heartbeat_interval:
+                # The rest runs elsewhere: wait, and take over the trials of workers that die.
+                time.sleep(min(self.heartbeat_interval, 30))
+                self._find_dead(study)
+                continue
             if to_go <= 0:
                 break
             trials = self._ask(study, min(int(self.n_jobs), to_go), n_trials, grid)
@@ -488,7 +530,7 @@ class PaddyOptunaSweeperImpl(_impl.OptunaSweeperImpl):
         self._save_results(study, n_trials, directions)
 
     def _save_results(self, study: optuna.Study, n_trials: int, directions: list[str]) -> None:
-        trials = [t for t in study.get_trials(deepcopy=False) if _counted(t)]
+        trials = _counted(study.get_trials(deepcopy=False))
         states = {s.name.lower(): sum(t.state == s for t in trials) for s in FINISHED}
         results: dict[str, Any] = {"name": "optuna", "study_name": study.study_name, "storage": self.storage,
                                    "n_trials": n_trials, **states}
@@ -513,10 +555,11 @@ class PaddyOptunaSweeper(optuna_sweeper.OptunaSweeper):
     def __init__(self, sampler: Any, direction: Any, storage: Any | None, study_name: str | None,
                  n_trials: int | None, n_jobs: int, max_failure_rate: float, custom_search_space: str | None,
                  params: DictConfig | None, pruner: Any = "median", monitor: str = "val/acc",
-                 stale_trials: str = "local") -> None:
+                 stale_trials: str = "local", heartbeat_interval: int | None = 60,
+                 grace_period: int | None = 600) -> None:
         self.sweeper = PaddyOptunaSweeperImpl(sampler, direction, storage, study_name, n_trials, n_jobs,
                                               max_failure_rate, custom_search_space, params, pruner, monitor,
-                                              stale_trials)
+                                              stale_trials, heartbeat_interval, grace_period)
 
 
 __all__ = ["PaddyOptunaSweeper", "PaddyOptunaSweeperConf", "PaddyOptunaSweeperImpl", "PrunerConf",

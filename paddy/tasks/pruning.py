@@ -14,12 +14,14 @@ from __future__ import annotations
 import logging
 import math
 import random
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import optuna
 from lightning import Callback, LightningModule, Trainer
+from optuna.trial import FrozenTrial
 
 from paddy.errors import PaddyError
 
@@ -57,19 +59,26 @@ def make_pruner(spec: Mapping[str, Any] | str | None) -> optuna.pruners.BasePrun
     return optuna.pruners.NopPruner()
 
 
-def open_storage(storage: Any) -> Any:
-    """An Optuna storage for ``storage``: SQLAlchemy URLs become an RDBStorage (SQLite waits up to a
-    minute for a lock instead of 5 s, so parallel sweep processes on one machine do not fail);
-    anything else is returned as is. Creating the same new database from several processes at once
-    is retried."""
+def open_storage(storage: Any, heartbeat_interval: int | None = None, grace_period: int | None = None,
+                 on_stale: Callable[[optuna.Study, FrozenTrial], None] | None = None) -> Any:
+    """An Optuna storage for ``storage``: SQLAlchemy URLs (``sqlite:///...``,
+    ``postgresql+psycopg://user@host:port/db``) become an RDBStorage (SQLite waits up to a minute for
+    a lock instead of 5 s, so parallel sweep processes on one machine do not fail); anything else is
+    returned as is. Creating the same new database from several processes at once is retried.
+
+    ``heartbeat_interval``/``grace_period`` (seconds) turn on Optuna's heartbeat: a RUNNING trial
+    whose heartbeat is older than the grace period is failed by ``optuna.storages.fail_stale_trials``,
+    which then calls ``on_stale`` (the sweeper queues its parameters again)."""
     if not isinstance(storage, str):
         return storage
     from sqlalchemy.exc import SQLAlchemyError
 
     engine_kwargs = {"connect_args": {"timeout": 60}} if storage.startswith("sqlite") else None
+    heartbeat = {"heartbeat_interval": heartbeat_interval, "grace_period": grace_period,
+                 "heartbeat_stale_trial_callback": on_stale} if heartbeat_interval else {}
     for attempt in range(5):
         try:
-            return optuna.storages.RDBStorage(storage, engine_kwargs=engine_kwargs)
+            return optuna.storages.RDBStorage(storage, engine_kwargs=engine_kwargs, **heartbeat)
         except SQLAlchemyError as err:  # processes creating the same new database at once: one wins, retry
             if attempt == 4:
                 raise StudyStorageError(f"hydra.sweeper.storage={storage}: cannot open the Optuna study database "
@@ -96,6 +105,11 @@ class OptunaPruning(Callback):
     Before raising it sets the trial's user attr ``pruned_epoch``. Sanity checks and non-finite
     values are not reported. Under DDP rank 0 reports and decides; the decision is broadcast.
 
+    While the trial trains, a thread records its heartbeat in the storage every
+    ``heartbeat_interval`` seconds (Optuna's heartbeat, the same table ``study.optimize`` writes): when
+    this process dies, on whatever machine, its trial's heartbeat stops and the sweeper fails and
+    re-queues it after the grace period.
+
     Args:
         storage: the study's storage (an SQLAlchemy URL).
         study_name: the study's name.
@@ -103,16 +117,19 @@ class OptunaPruning(Callback):
         monitor: the logged metric to report (the study's direction applies to it).
         pruner: a pruner spec (``{"name": "median", "n_startup_trials": 5, ...}``, see
             :func:`make_pruner`); None: report only, never prune.
+        heartbeat_interval: seconds between heartbeats; None: no heartbeat.
     """
 
     def __init__(self, storage: str, study_name: str, trial_number: int, monitor: str = "val/acc",
-                 pruner: Mapping[str, Any] | str | None = None):
+                 pruner: Mapping[str, Any] | str | None = None, heartbeat_interval: int | None = None):
         self.storage_url = storage
         self.study_name = study_name
         self.trial_number = int(trial_number)
         self.monitor = monitor
         self.pruner = pruner_spec(pruner)
+        self.heartbeat_interval = heartbeat_interval
         self._trial: optuna.trial.Trial | None = None
+        self._beating: threading.Event | None = None
 
     @property
     def trial(self) -> optuna.trial.Trial:
@@ -130,6 +147,28 @@ class OptunaPruning(Callback):
             self.trial  # noqa: B018  (attach now: a wrong storage or trial fails before training)
             log.info("Optuna trial %d of study %r: reporting %s every epoch (pruner: %s)", self.trial_number,
                      self.study_name, self.monitor, self.pruner["name"])
+            self._start_heartbeat()
+
+    def _start_heartbeat(self) -> None:
+        if not self.heartbeat_interval or self._beating is not None:
+            return
+        storage, trial_id, stop = self.trial.study._storage, self.trial._trial_id, threading.Event()
+
+        def beat() -> None:
+            while not stop.is_set():
+                try:
+                    storage.record_heartbeat(trial_id)
+                except Exception as err:  # noqa: BLE001 - a database hiccup must not stop training
+                    log.warning("Optuna trial %d: could not record its heartbeat (%s)", self.trial_number, err)
+                stop.wait(self.heartbeat_interval)
+
+        self._beating = stop
+        threading.Thread(target=beat, name=f"optuna-heartbeat-{self.trial_number}", daemon=True).start()
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self._beating is not None:  # the trial's run ended (finished, pruned or failed)
+            self._beating.set()
+            self._beating = None
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking:

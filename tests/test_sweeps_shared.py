@@ -1,0 +1,134 @@
+"""Sweeps shared by several worker processes through one Optuna storage: a real PostgreSQL server
+(started by the fixture), dead workers found by pid on this machine and by Optuna's heartbeat on any
+other (a worker in its own UTS namespace has another host name), and re-queued trials.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from postgres_server import INSTALL_HINT, postgres_server, server_binaries
+from test_sweeps import ROOT, _command
+
+optuna = pytest.importorskip("optuna")
+from optuna.trial import TrialState  # noqa: E402
+
+FAST_HEARTBEAT = ["hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=5"]
+
+
+@pytest.fixture(scope="module")
+def postgres_url() -> str:
+    if server_binaries() is None:
+        pytest.skip(INSTALL_HINT)
+    with postgres_server() as url:
+        yield url
+
+
+def storage_url(kind: str, sweep_dir: Path, request: pytest.FixtureRequest) -> str:
+    if kind == "sqlite":
+        return f"sqlite:///{sweep_dir / 'optuna.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
+def study_trials(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.load_study(study_name=name, storage=url).trials
+
+
+def counted(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    """Finished trials that count towards n_trials (interrupted ones were re-queued instead)."""
+    retried = {t.system_attrs.get("paddy:retry_of") for t in trials}
+    return [t for t in trials if t.state.is_finished() and not t.system_attrs.get("paddy:interrupted")
+            and t.number not in retried]
+
+
+def start_worker(sweep_dir: Path, log: Path, *overrides: str, prefix: tuple[str, ...] = ()) -> subprocess.Popen:
+    with log.open("w") as handle:
+        return subprocess.Popen([*prefix, *_command(sweep_dir, *overrides)], cwd=ROOT, stdout=handle,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def launched_trials(logs: list[Path]) -> list[int]:
+    """Trial numbers = job numbers each worker's launcher printed (``#3 : overrides``)."""
+    return [int(n) for log in logs for n in re.findall(r"\t#(\d+) : ", log.read_text())]
+
+
+def wait_all(workers: list[subprocess.Popen], logs: list[Path], timeout: float = 300) -> None:
+    for worker, log in zip(workers, logs):
+        assert worker.wait(timeout=timeout) == 0, log.read_text()[-4000:]
+
+
+def test_three_workers_run_one_postgresql_study_and_grid_exactly_once(postgres_url: str, tmp_path: Path):
+    tpe = ["hparams_search=tpe", "hparams_search.n_trials=6", f"hparams_search.storage={postgres_url}",
+           "data.batch_size=8"]
+    logs = [tmp_path / f"tpe{i}.log" for i in range(3)]
+    wait_all([start_worker(tmp_path / "tpe", log, *tpe) for log in logs], logs)
+    trials = study_trials(postgres_url, "tpe")
+    assert len(counted(trials)) == 6 and all(t.state == TrialState.COMPLETE for t in counted(trials))
+    assert sorted(launched_trials(logs)) == sorted(t.number for t in counted(trials))  # none run twice
+
+    grid = ["hparams_search=grid", "optimizer.lr=choice(1e-3,2e-3,3e-3,4e-3)", "optimizer.weight_decay=0",
+            "data.batch_size=8", f"hparams_search.storage={postgres_url}"]
+    logs = [tmp_path / f"grid{i}.log" for i in range(3)]
+    wait_all([start_worker(tmp_path / "grid", log, *grid) for log in logs], logs)
+    points = sorted(t.params["optimizer.lr"] for t in counted(study_trials(postgres_url, "grid")))
+    assert points == [1e-3, 2e-3, 3e-3, 4e-3]
+
+
+def kill_when_training(worker: subprocess.Popen, sweep_dir: Path, log: Path) -> None:
+    """kill -9 the worker (and its job) once one of its trials has finished an epoch."""
+    deadline = time.monotonic() + 180
+    mine = re.compile(r"\t#(\d+) : ")
+    while True:
+        assert worker.poll() is None and time.monotonic() < deadline, log.read_text()[-4000:]
+        numbers = mine.findall(log.read_text())
+        if numbers and (sweep_dir / numbers[-1] / "history.json").is_file():
+            break
+        time.sleep(0.2)
+    os.killpg(worker.pid, signal.SIGKILL)
+    worker.wait()
+
+
+def test_killed_worker_trial_is_queued_again_and_the_study_ends_at_n_trials(postgres_url: str, tmp_path: Path):
+    args = ["hparams_search=tpe", "hparams_search.n_trials=4", f"hparams_search.storage={postgres_url}",
+            "hparams_search.study_name=killed", "trainer.max_epochs=3", *FAST_HEARTBEAT]
+    logs = [tmp_path / f"w{i}.log" for i in range(3)]
+    workers = [start_worker(tmp_path, log, *args) for log in logs]
+    kill_when_training(workers[0], tmp_path, logs[0])
+    wait_all(workers[1:], logs[1:])
+    trials = study_trials(postgres_url, "killed")
+    assert len(counted(trials)) == 4
+    copies = [t for t in trials if "paddy:retry_of" in t.system_attrs]
+    assert len(copies) == 1 and copies[0].state.is_finished()
+    original = trials[copies[0].system_attrs["paddy:retry_of"]]
+    assert original.state == TrialState.FAIL and original.params == copies[0].params
+    assert copies[0].system_attrs["paddy:retry_reason"].startswith("interrupted")
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_worker_dead_on_another_host_is_found_by_its_heartbeat(kind: str, tmp_path: Path,
+                                                               request: pytest.FixtureRequest):
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "--uts", "true"]).returncode != 0:
+        pytest.skip("needs unshare --uts (root on Linux) to give a worker another host name")
+    url = storage_url(kind, tmp_path, request)
+    args = ["hparams_search=tpe", "hparams_search.n_trials=2", f"hparams_search.storage={url}",
+            f"hparams_search.study_name=heartbeat_{kind}", "trainer.max_epochs=3", *FAST_HEARTBEAT]
+    elsewhere = ("unshare", "--uts", "sh", "-c", 'hostname other-machine && exec "$@"', "sh")
+    log = tmp_path / "other.log"
+    kill_when_training(start_worker(tmp_path, log, *args, prefix=elsewhere), tmp_path, log)
+    here = tmp_path / "here.log"
+    wait_all([start_worker(tmp_path, here, *args)], [here])
+    trials = study_trials(url, f"heartbeat_{kind}")
+    [copy] = [t for t in trials if "paddy:retry_of" in t.system_attrs]
+    dead = trials[copy.system_attrs["paddy:retry_of"]]
+    assert dead.state == TrialState.FAIL and dead.system_attrs["paddy:owner"]["host"] == "other-machine"
+    assert copy.system_attrs["paddy:retry_reason"] == "interrupted: no heartbeat for 5 s (its worker died)"
+    assert copy.params == dead.params and copy.state == TrialState.COMPLETE
+    assert len(counted(trials)) == 2
