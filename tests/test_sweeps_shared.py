@@ -132,3 +132,18 @@ def test_worker_dead_on_another_host_is_found_by_its_heartbeat(kind: str, tmp_pa
     assert copy.system_attrs["paddy:retry_reason"] == "interrupted: no heartbeat for 5 s (its worker died)"
     assert copy.params == dead.params and copy.state == TrialState.COMPLETE
     assert len(counted(trials)) == 2
+
+
+def test_submitit_local_runs_trials_as_separate_jobs_two_in_flight(tmp_path: Path):
+    """hydra/launcher=submitit_local: every trial its own process, 2 at once, reporting each epoch to
+    the study (so the pruner sees them)."""
+    log = tmp_path / "submitit.log"
+    worker = start_worker(tmp_path, log, "hparams_search=tpe", "hparams_search.n_trials=4",
+                          "hydra/launcher=submitit_local", "hydra.sweeper.n_jobs=2", "trainer.max_epochs=2")
+    wait_all([worker], [log])
+    trials = study_trials(f"sqlite:///{tmp_path / 'optuna.db'}", "tpe")
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
+    assert all(len(t.intermediate_values) == 2 for t in trials)  # reported from the jobs, every epoch
+    assert log.read_text().count("Submitit 'local' sweep output dir") == 2  # 2 batches of 2 jobs
+    job_pids = {p.parent.name for p in (tmp_path / ".submitit").rglob("*_log.out")}
+    assert len(job_pids) == 4
