@@ -59,7 +59,8 @@ def reported(log: logging.Logger, reraise: bool = False) -> Iterator[None]:
         user = err if isinstance(err, PaddyError) else _config_error(err)
         if user is None:
             raise
-        log.error("%s", user)
+        # exit_code 0: a planned stop (a preempted run that requeued itself), not a failure.
+        log.log(logging.WARNING if user.exit_code == 0 else logging.ERROR, "%s", user)
         if not reraise:
             sys.exit(user.exit_code)
         if user is err:

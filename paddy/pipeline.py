@@ -19,6 +19,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
@@ -27,7 +28,7 @@ from paddy.data.datamodule import ImageDataModule
 from paddy.errors import PaddyError
 from paddy.models.factory import ModelConfigError, build_model
 from paddy.settings import check_settings, check_writable
-from paddy.tasks.callbacks import HISTORY_METRICS, EpochSeed, RunHistory
+from paddy.tasks.callbacks import HISTORY_METRICS, EpochSeed, RunHistory, SlurmRequeue
 from paddy.tasks.classification import ClassificationTask
 from paddy.tasks.ema import EMAWeights
 from paddy.tasks.freeze import FreezeSchedule
@@ -152,6 +153,8 @@ def build_task(cfg: DictConfig, net: torch.nn.Module, class_names: list[str], on
 def build_trainer(cfg: DictConfig, trainer_options: dict[str, Any], extra_callbacks: list[L.Callback]) -> L.Trainer:
     """A Trainer with the configured callbacks and loggers, the recipe callbacks and ``extra_callbacks``."""
     callbacks = _instantiate_all(cfg.get("callbacks")) + recipe_callbacks(cfg) + list(extra_callbacks)
+    if SLURMEnvironment.detect():  # checkpoint + requeue on SLURM's signal without a DDP deadlock
+        callbacks.append(SlurmRequeue())
     loggers = _instantiate_all(cfg.get("logger"))
     if not loggers:  # logger=none: callbacks that only feed a logger have nothing to write to
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
