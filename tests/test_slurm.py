@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import optuna
 import pytest
 from conftest import TINY
 from slurm_cluster import SlurmCluster, missing_requirement, start_cluster, stop_cluster
@@ -177,3 +178,28 @@ def test_preempted_job_is_requeued_and_resumes(slurm_cluster: SlurmCluster, tmp_
     assert only_run_dir(tmp_path, job_id) == run_dir
     assert (run_dir / "metrics.json").is_file()
     assert history_epochs(run_dir) == [0, 1, 2, 3], "each epoch exactly once across the preemption"
+
+
+@pytest.mark.slow
+def test_tpe_sweep_through_submitit_slurm(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
+    """hydra/launcher=submitit_slurm: 4 TPE trials as SLURM jobs, 2 in flight (one CPU each), each
+    reporting every epoch to the study in the sweep directory (the pruner's input).
+
+    Slow (about 3 minutes): submitit follows its jobs with ``sacct``, and this test cluster has no
+    accounting database, so it falls back to polling with growing pauses between its checks."""
+    sweep = tmp_path / "sweep"
+    command = [sys.executable, "-m", "paddy.train", "-m", "hparams_search=tpe", "hparams_search.n_trials=4",
+               "data=synthetic", *TINY, "test=false", "logger=none", "hydra/launcher=submitit_slurm",
+               "hydra.launcher.partition=debug", "hydra.launcher.gpus_per_node=null", "hydra.launcher.cpus_per_task=1",
+               "hydra.launcher.mem_gb=null", "hydra.launcher.timeout_min=10", "hydra.sweeper.n_jobs=2",
+               f"hydra.sweep.dir={sweep}"]
+    result = subprocess.run(command, cwd=tmp_path, env=job_env(slurm_cluster, tmp_path), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, timeout=600)
+    print(result.stdout[-3000:])
+    assert result.returncode == 0, result.stdout[-4000:]
+    trials = optuna.load_study(study_name="tpe", storage=f"sqlite:///{sweep / 'optuna.db'}").trials
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 4
+    assert all(len(t.intermediate_values) == 2 for t in trials)  # reported from the SLURM jobs, every epoch
+    job_logs = sorted((sweep / ".submitit").rglob("*_log.out"))
+    assert len({p.parent.name for p in job_logs}) == 4, job_logs  # 4 SLURM job ids
+    assert all((sweep / str(t.number) / "metrics.json").is_file() for t in trials)
