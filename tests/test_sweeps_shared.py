@@ -9,7 +9,9 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -147,3 +149,41 @@ def test_submitit_local_runs_trials_as_separate_jobs_two_in_flight(tmp_path: Pat
     assert log.read_text().count("Submitit 'local' sweep output dir") == 2  # 2 batches of 2 jobs
     job_pids = {p.parent.name for p in (tmp_path / ".submitit").rglob("*_log.out")}
     assert len(job_pids) == 4
+
+
+CHROMIUM = shutil.which("chromium")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install -y chromium)")
+def test_optuna_dashboard_lists_the_trials_in_a_browser(tmp_path: Path):
+    """optuna-dashboard against a sweep's storage, read by a real headless Chromium."""
+    log = tmp_path / "sweep.log"
+    wait_all([start_worker(tmp_path, log, "hparams_search=tpe", "hparams_search.n_trials=3", "trainer.max_epochs=2")],
+             [log])
+    port = _free_port()
+    dashboard = subprocess.Popen([str(Path(sys.executable).parent / "optuna-dashboard"),
+                                  f"sqlite:///{tmp_path / 'optuna.db'}", "--host", "127.0.0.1", "--port", str(port)],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        page = f"http://127.0.0.1:{port}/dashboard/studies/1"
+        browser = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=15000",
+                   "--window-size=1400,1000"]
+        deadline = time.monotonic() + 30
+        dom = ""
+        while "Trial 2" not in dom and time.monotonic() < deadline:
+            dom = subprocess.run([*browser, "--dump-dom", f"{page}/trials"], capture_output=True, text=True,
+                                 timeout=90).stdout
+        subprocess.run([*browser, f"--screenshot={tmp_path / 'dashboard.png'}", page], capture_output=True,
+                       timeout=90)
+    finally:
+        dashboard.terminate()
+        dashboard.wait(timeout=30)
+    assert all(f"Trial {n}" in dom for n in range(3)), dom[-2000:]
+    assert (tmp_path / "dashboard.png").stat().st_size > 20_000
