@@ -65,8 +65,8 @@ from torch import nn
 
 import paddy  # noqa: F401  (sets the offline environment before albumentations is imported)
 from paddy.config import TRUSTED_TARGETS, config_dir
-from paddy.errors import PaddyError, reported
-from paddy.utils.checkpoints import CheckpointError, first_line, load_trained_model, resolve_checkpoint, run_dir_of
+from paddy.errors import PaddyError, first_line, reported
+from paddy.utils.checkpoints import CheckpointError, load_trained_model, resolve_checkpoint, run_dir_of
 from paddy.utils.runtime import logs_muted, time_steps
 
 log = logging.getLogger("paddy")

@@ -34,7 +34,7 @@ from paddy.tasks.ema import EMAWeights
 from paddy.tasks.freeze import FreezeSchedule
 from paddy.tasks.guard import NonFiniteLossGuard
 from paddy.utils.artifacts import best_epoch_summary, measure_throughput, model_size, write_json
-from paddy.utils.checkpoints import CheckpointError, check_state_dict, read_checkpoint
+from paddy.utils.checkpoints import CheckpointError, check_state_dict, model_weights, read_checkpoint
 from paddy.utils.runtime import gpu_trainer_defaults, logs_muted, resolve_channels_last, resolve_precision, uses_gpu
 
 log = logging.getLogger("paddy")
@@ -300,9 +300,8 @@ def check_resumable(ckpt_path: str, task: ClassificationTask, trusted: bool) -> 
     """Read the checkpoint to resume from as the trainer will, and check its network is this run's
     (backbone, attention, class count): a wrong file is refused before training, in one line."""
     checkpoint = read_checkpoint(ckpt_path, trusted=trusted)
-    state = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
     try:
-        check_state_dict(task.model, state, ckpt_path)
+        check_state_dict(task.model, model_weights(checkpoint), ckpt_path)
     except CheckpointError as err:
         raise RunConfigError(f"ckpt_path: {err} (resume needs a checkpoint of this run's model and classes)") from None
 

@@ -10,6 +10,7 @@ import csv
 import gzip
 import json
 import os
+import socket
 import tempfile
 from pathlib import Path
 
@@ -40,6 +41,13 @@ TINY = [
     "trainer.num_sanity_val_steps=0",
     "++callbacks.rich_progress_bar=null",
 ]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for servers the tests start)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def class_image(class_id: int, rng: np.random.Generator, size: int = SIZE, channels: int = 3) -> np.ndarray:

@@ -10,12 +10,13 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from conftest import free_port
 
 INSTALL_HINT = "needs Debian's postgresql server (apt-get install -y postgresql)"
 
@@ -29,12 +30,6 @@ def server_binaries() -> Path | None:
     return Path(initdb).parent if initdb else None
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _as_server_user(command: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
 
@@ -46,7 +41,7 @@ def postgres_server(database: str = "paddy") -> Iterator[str]:
     if binaries is None:
         raise FileNotFoundError(INSTALL_HINT)
     root = Path(tempfile.mkdtemp(prefix="paddy-pg-"))
-    data, port = root / "data", _free_port()
+    data, port = root / "data", free_port()
     if os.geteuid() == 0:
         shutil.chown(root, "postgres", "postgres")
     run = lambda command: subprocess.run(_as_server_user(command), check=True, capture_output=True,  # noqa: E731

@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from conftest import free_port
+
 BASE = Path("/tmp/paddy-slurm")  # short: a unix socket path must stay under 108 bytes
 DAEMONS = ("slurmd", "slurmctld", "munged")  # stop order: the node first, munge last
 BINARIES = ("munged", "slurmctld", "slurmd", "sinfo", "srun", "sbatch", "scontrol", "scancel")
@@ -83,12 +85,6 @@ class SlurmCluster:
             tail = path.read_text(errors="replace").splitlines()[-lines:] if path.exists() else ["(no log)"]
             parts.append(f"--- {path} ---\n" + "\n".join(tail))
         return "\n".join(parts)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def real_memory_mb() -> int:

@@ -10,7 +10,6 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -18,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TINY
+from conftest import TINY, free_port
 
 from paddy.config import compose_config
 from paddy.evaluate import evaluate
@@ -103,12 +102,6 @@ def test_ddp_counts_every_image_once_writes_one_run_and_resumes_across_world_siz
                         f"hydra.run.dir={run}"], tmp_path)
     assert result.returncode == 0, output_of(result)[-3000:]
     assert json.loads((run / "history.json").read_text())["epoch"] == [0, 1, 2]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_torchrun_two_nodes_share_one_run_directory(tmp_path: Path):

@@ -9,13 +9,13 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 from postgres_server import INSTALL_HINT, postgres_server, server_binaries
 from test_sweeps import ROOT, _command
 
@@ -154,10 +154,6 @@ def test_submitit_local_runs_trials_as_separate_jobs_two_in_flight(tmp_path: Pat
 CHROMIUM = shutil.which("chromium")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.slow
@@ -167,7 +163,7 @@ def test_optuna_dashboard_lists_the_trials_in_a_browser(tmp_path: Path):
     log = tmp_path / "sweep.log"
     wait_all([start_worker(tmp_path, log, "hparams_search=tpe", "hparams_search.n_trials=3", "trainer.max_epochs=2")],
              [log])
-    port = _free_port()
+    port = free_port()
     dashboard = subprocess.Popen([str(Path(sys.executable).parent / "optuna-dashboard"),
                                   f"sqlite:///{tmp_path / 'optuna.db'}", "--host", "127.0.0.1", "--port", str(port)],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -399,7 +399,8 @@ class PaddyOptunaSweeperImpl(_impl.OptunaSweeperImpl):
         """A queued copy of an interrupted trial runs in that trial's job directory with ``resume=auto``:
         it continues from the interrupted run's ``last.ckpt`` instead of starting again at epoch 0."""
         retry_of = trial.study._storage.get_trial(trial._trial_id).system_attrs.get(RETRY_ATTR)
-        pattern = self.config.hydra.sweep._get_node("subdir")._value() if self.config is not None else None
+        sweep = OmegaConf.to_container(self.config.hydra.sweep, resolve=False) if self.config is not None else {}
+        pattern = sweep.get("subdir")  # unresolved: ${hydra.job.num} still in it
         if retry_of is None or not isinstance(pattern, str) or "${hydra.job.num}" not in pattern:
             return []
         return [f"hydra.sweep.subdir={_quote(pattern.replace('${hydra.job.num}', str(retry_of)))}", "resume=auto"]

@@ -31,7 +31,6 @@ readers are plain picklable objects that open the memory map lazily in each load
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -49,7 +48,7 @@ import cv2
 import numpy as np
 
 from paddy.data.imageio import ImageDecodeError, read_image
-from paddy.utils.runtime import available_cores
+from paddy.utils.runtime import available_cores, file_lock
 
 log = logging.getLogger(__name__)
 
@@ -293,14 +292,9 @@ class DecodedImageCache:
     def exclusive(self) -> Iterator[None]:
         """Hold the cache's lock file (other processes filling the same cache wait: DDP ranks,
         parallel sweep trials), then re-read what they stored meanwhile."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / f"{self.directory.name}.lock", "w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                self._load()
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with file_lock(self.root / f"{self.directory.name}.lock"):
+            self._load()
+            yield
 
     # ------------------------------------------------------------------ writing
 

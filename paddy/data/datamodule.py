@@ -42,7 +42,7 @@ from paddy.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform
 from paddy.data.validation import default_cache_dir, validate_image_files
 from paddy.errors import SettingError
 from paddy.settings import MAX_IMAGE_SIZE, optional_positive_int, positive_int, split_fractions
-from paddy.utils.runtime import available_cores
+from paddy.utils.runtime import available_cores, derived_seed
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +72,6 @@ def collate_raw(samples: list[tuple[dict[str, torch.Tensor], int]]) -> tuple[dic
     return out, torch.tensor([label for _, label in samples], dtype=torch.int64)
 
 
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """The augmentation seed of sample ``index`` in ``epoch`` of a run seeded ``seed``."""
-    return int(np.random.SeedSequence([int(seed) % 2**32, int(epoch), int(index)]).generate_state(1)[0])
-
-
 class ImageDataset(Dataset):
     """Samples of one split, read through the index's reader.
 
@@ -86,8 +81,9 @@ class ImageDataset(Dataset):
 
     The augmentation of a sample is a function of (``seed``, epoch, sample index) alone: the key is
     ``i`` or ``(epoch, i)`` (what :class:`EpochSeededSampler` yields), and the pipeline is seeded
-    with :func:`sample_seed` before each sample. So neither the number of loader workers, nor the
-    world size, nor resuming a killed run changes which augmentation an image gets in an epoch.
+    with :func:`~paddy.utils.runtime.derived_seed` of those three before each sample. So neither the
+    number of loader workers, nor the world size, nor resuming a killed run changes which augmentation
+    an image gets in an epoch.
     """
 
     def __init__(self, index: SourceIndex, transform: Callable | None,
@@ -111,7 +107,7 @@ class ImageDataset(Dataset):
         image = self.reader(i)
         if hasattr(self.transform, "set_random_seed"):
             # albumentations draws from its own generators, which seed_everything does not reach.
-            self.transform.set_random_seed(sample_seed(self.seed, epoch, i))
+            self.transform.set_random_seed(derived_seed(self.seed, epoch, i))
         extras = {name: torch.from_numpy(extract(image)) for name, extract in self.features.items()}
         if self.transform is None:
             # Raw pixels for device-side augmentation (see collate_raw).
@@ -481,7 +477,7 @@ class ImageDataModule(LightningDataModule):
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
         state = self._augment_state
         if state is None or state[0] != epoch or state[1].device != device:
-            seed = sample_seed(self.shuffle_seed, epoch, self._process_slot()[0])
+            seed = derived_seed(self.shuffle_seed, epoch, self._process_slot()[0])
             state = (epoch, torch.Generator(device=device).manual_seed(seed), random.Random(seed))
             self._augment_state = state
         return state[1], state[2]

@@ -9,13 +9,12 @@ is therefore verified once, and afterwards only new or changed files are decoded
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import numpy as np
 
 from paddy.data.errors import DataProblem
 from paddy.data.imageio import check_and_decode
-from paddy.utils.runtime import available_cores
+from paddy.utils.runtime import available_cores, file_lock
 
 log = logging.getLogger(__name__)
 
@@ -73,24 +72,9 @@ def validate_image_files(files: list[str], items: list[str] | None = None, cache
     cache_path = _cache_file(Path(cache_dir), cache_key or files[0] if files else "") if cache_dir else None
     # Processes verifying the same dataset at once (DDP ranks, parallel trials) take turns: the first
     # decodes, the others find its verdicts stored.
-    with _locked(cache_path):
+    lock = file_lock(cache_path.with_suffix(".lock"), required=False) if cache_path else contextlib.nullcontext()
+    with lock:
         return _validate(files, items, cache_path, workers, on_image)
-
-
-@contextlib.contextmanager
-def _locked(cache_path: Path | None) -> Iterator[None]:
-    if cache_path is None:
-        yield
-        return
-    try:
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(cache_path.with_suffix(".lock"), "w")  # noqa: SIM115
-    except OSError:  # a read-only cache folder: verify without the lock
-        yield
-        return
-    with handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
 
 
 def _validate(files: list[str], items: list[str], cache_path: Path | None, workers: int | None,

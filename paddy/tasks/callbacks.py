@@ -18,6 +18,7 @@ from lightning import Callback, LightningModule, Trainer
 
 from paddy.errors import PaddyError
 from paddy.utils.plots import plot_history
+from paddy.utils.runtime import derived_seed
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +101,7 @@ class EpochSeed(Callback):
         self.seed = int(seed)
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        from paddy.data.datamodule import sample_seed
-
-        seed = sample_seed(self.seed, trainer.current_epoch, trainer.global_rank)
+        seed = derived_seed(self.seed, trainer.current_epoch, trainer.global_rank)
         random.seed(seed)
         np.random.seed(seed % 2**32)
         torch.manual_seed(seed)

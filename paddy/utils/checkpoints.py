@@ -155,10 +155,15 @@ def _model_state(checkpoint: dict[str, Any], config: dict, weights: str, path: P
                     return dict(state["ema"]), "ema"
         if weights == "ema":
             raise CheckpointError(f"{path}: holds no EMA weights (the run was trained without ema.enabled)")
-    state = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+    state = model_weights(checkpoint)
     if not state:
         raise CheckpointError(f"{path}: its state_dict has no model.* weights (not a paddy ClassificationTask)")
     return state, "raw"
+
+
+def model_weights(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The bare network's weights of a Lightning checkpoint of a paddy task (its ``model.*`` keys)."""
+    return {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
 
 
 def _describe(keys: list[str]) -> str:
@@ -227,4 +232,4 @@ def load_trained_model(ckpt: str | Path, device: str | torch.device | None = "cp
 
 
 __all__ = ["WEIGHT_CHOICES", "CheckpointError", "check_state_dict", "checkpoint_config", "first_line",
-           "load_trained_model", "read_checkpoint", "resolve_checkpoint", "run_dir_of"]
+           "load_trained_model", "model_weights", "read_checkpoint", "resolve_checkpoint", "run_dir_of"]

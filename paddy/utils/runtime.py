@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 log = logging.getLogger(__name__)
@@ -106,3 +109,28 @@ def logs_muted(name: str) -> Iterator[None]:
         yield
     finally:
         logger.setLevel(level)
+
+
+@contextlib.contextmanager
+def file_lock(path: str | Path, required: bool = True) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if needed), so processes of this machine that
+    prepare the same thing (DDP ranks, parallel sweep trials) take turns. ``required=False``: where
+    the lock file cannot be made (a read-only folder), go on without it."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "w")  # noqa: SIM115 - closed below, which also releases the lock
+    except OSError:
+        if required:
+            raise
+        yield
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def derived_seed(seed: int, *parts: int) -> int:
+    """A seed for (``seed``, ``parts``...): the augmentation of sample i in epoch e, the global
+    generators of epoch e on rank r. Independent streams for neighbouring values (SeedSequence)."""
+    return int(np.random.SeedSequence([int(seed) % 2**32, *(int(p) for p in parts)]).generate_state(1)[0])
