@@ -182,8 +182,9 @@ def test_preempted_job_is_requeued_and_resumes(slurm_cluster: SlurmCluster, tmp_
 
 @pytest.mark.slow
 def test_tpe_sweep_through_submitit_slurm(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
-    """hydra/launcher=submitit_slurm: 4 TPE trials as SLURM jobs, 2 in flight (one CPU each), each
-    reporting every epoch to the study in the sweep directory (the pruner's input).
+    """hydra/launcher=submitit_slurm: 4 TPE trials, 2 in flight, run by 2 worker jobs (one SLURM array,
+    one CPU each) that each take the next trial when theirs ends, reporting every epoch to the study in
+    the sweep directory (the pruner's input).
 
     Slow (about 3 minutes): submitit follows its jobs with ``sacct``, and this test cluster has no
     accounting database, so it falls back to polling with growing pauses between its checks."""
@@ -201,5 +202,6 @@ def test_tpe_sweep_through_submitit_slurm(slurm_cluster: SlurmCluster, tmp_path:
     assert [t.state.name for t in trials] == ["COMPLETE"] * 4
     assert all(len(t.intermediate_values) == 2 for t in trials)  # reported from the SLURM jobs, every epoch
     job_logs = sorted((sweep / ".submitit").rglob("*_log.out"))
-    assert len({p.parent.name for p in job_logs}) == 4, job_logs  # 4 SLURM job ids
+    assert len(job_logs) == 2, job_logs  # the 2 worker jobs
+    assert len({t.system_attrs["paddy:owner"]["pid"] for t in trials}) == 2  # which shared the trials
     assert all((sweep / str(t.number) / "metrics.json").is_file() for t in trials)

@@ -136,9 +136,9 @@ def test_worker_dead_on_another_host_is_found_by_its_heartbeat(kind: str, tmp_pa
     assert len(counted(trials)) == 2
 
 
-def test_submitit_local_runs_trials_as_separate_jobs_two_in_flight(tmp_path: Path):
-    """hydra/launcher=submitit_local: every trial its own process, 2 at once, reporting each epoch to
-    the study (so the pruner sees them)."""
+def test_submitit_local_runs_the_sweep_as_two_worker_jobs(tmp_path: Path):
+    """hydra/launcher=submitit_local with 2 in flight: one submission of 2 worker jobs (schedule=workers),
+    each running trials one after another and reporting every epoch to the study (so the pruner sees them)."""
     log = tmp_path / "submitit.log"
     worker = start_worker(tmp_path, log, "hparams_search=tpe", "hparams_search.n_trials=4",
                           "hydra/launcher=submitit_local", "hydra.sweeper.n_jobs=2", "trainer.max_epochs=2")
@@ -146,9 +146,76 @@ def test_submitit_local_runs_trials_as_separate_jobs_two_in_flight(tmp_path: Pat
     trials = study_trials(f"sqlite:///{tmp_path / 'optuna.db'}", "tpe")
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
     assert all(len(t.intermediate_values) == 2 for t in trials)  # reported from the jobs, every epoch
-    assert log.read_text().count("Submitit 'local' sweep output dir") == 2  # 2 batches of 2 jobs
-    job_pids = {p.parent.name for p in (tmp_path / ".submitit").rglob("*_log.out")}
-    assert len(job_pids) == 4
+    assert log.read_text().count("Submitit 'local' sweep output dir") == 1  # one submission
+    assert len(list((tmp_path / ".submitit").rglob("*_log.out"))) == 2  # of 2 worker jobs
+    assert len({t.system_attrs["paddy:owner"]["pid"] for t in trials}) == 2  # which shared the trials
+    assert all((tmp_path / str(t.number) / "metrics.json").is_file() for t in trials)
+
+
+def slot_sweep(sweep_dir: Path, *overrides: str) -> list[optuna.trial.FrozenTrial]:
+    """A sweep of benchmarks/slot_trial.py (trials that only sleep, epoch by epoch) through submitit_local."""
+    command = [sys.executable, str(ROOT / "benchmarks" / "slot_trial.py"), "-m", f"hydra.sweep.dir={sweep_dir}",
+               "epoch_s=0.5", *overrides]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    return study_trials(f"sqlite:///{sweep_dir / 'optuna.db'}", "slots")
+
+
+def test_a_free_slot_takes_the_next_trial_at_once(tmp_path: Path):
+    """schedule=workers: no batch barrier. A worker starts its next trial as soon as its last one ends,
+    while a longer trial goes on in the other slot (with schedule=batch that trial would hold it back)."""
+    trials = slot_sweep(tmp_path, "hydra.sweeper.n_jobs=2", "hydra.sweeper.n_trials=6", "seed=1",
+                        "epochs=choice(1,8)", "hydra.sweeper.pruner.name=none")
+    ran = [(t.user_attrs["ran_from"], t.user_attrs["ran_to"], t.system_attrs["paddy:owner"]["pid"]) for t in trials]
+    assert len(ran) == 6 and len({pid for *_, pid in ran}) == 2  # each trial ran once, in one of 2 workers
+    assert {t.params["epochs"] for t in trials} == {1, 8}  # lengths differ (fixed by the seed)
+    switches = [(b_end, c_start) for b_start, b_end, worker in ran for c_start, _, other in ran
+                if other == worker and c_start >= b_end]
+    assert any(a_start < b_end and a_end > c_start
+               for a_start, a_end, _ in ran for b_end, c_start in switches), ran
+
+
+def test_a_killed_worker_job_loses_no_trial(tmp_path: Path):
+    """kill -9 of one worker job: its sweep process dies with it, the trial it ran is queued again and
+    run by the other worker (or the launching process), and the study still ends at n_trials."""
+    command = [sys.executable, str(ROOT / "benchmarks" / "slot_trial.py"), "-m", f"hydra.sweep.dir={tmp_path}",
+               "epoch_s=0.5", "epochs=6", "hydra.sweeper.n_jobs=2", "hydra.sweeper.n_trials=5",
+               "hydra.sweeper.pruner.name=none"]
+    log = tmp_path / "sweep.log"
+    with log.open("w") as out:
+        sweep = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    deadline = time.monotonic() + 120
+    running: list = []
+    while not running:
+        assert sweep.poll() is None and time.monotonic() < deadline, log.read_text()[-4000:]
+        time.sleep(0.5)
+        if (tmp_path / "optuna.db").is_file():
+            running = [t for t in study_trials(url, "slots") if t.state == TrialState.RUNNING and "ran_from" in
+                       t.user_attrs]
+    worker = running[0].system_attrs["paddy:owner"]["pid"]
+    job = int(Path(f"/proc/{worker}/stat").read_text().rsplit(")", 1)[1].split()[1])  # its parent: the job
+    os.kill(job, signal.SIGKILL)
+    for _ in range(50):  # the worker's sweep process follows its job
+        if not Path(f"/proc/{worker}").exists() or "Z" in Path(f"/proc/{worker}/stat").read_text().split()[2]:
+            break
+        time.sleep(0.2)
+    else:
+        raise AssertionError(f"the sweep process {worker} outlived its killed job {job}")
+    assert sweep.wait(timeout=180) == 0, log.read_text()[-4000:]
+    trials = study_trials(url, "slots")
+    assert len(counted(trials)) == 5 and all(t.state == TrialState.COMPLETE for t in counted(trials))
+    [copy] = [t for t in trials if "paddy:retry_of" in t.system_attrs]
+    assert copy.params == running[0].params and copy.system_attrs["paddy:retry_of"] == running[0].number
+
+
+def test_batch_schedule_waits_for_the_slowest_trial(tmp_path: Path):
+    """schedule=batch (Hydra's way), for comparison: 2 trials per launch, the next launch after both end."""
+    trials = slot_sweep(tmp_path, "hydra.sweeper.n_jobs=2", "hydra.sweeper.n_trials=4", "seed=1",
+                        "hydra.sweeper.schedule=batch", "epochs=choice(1,8)",
+                        "hydra.sweeper.pruner.name=none")
+    ran = sorted((t.user_attrs["ran_from"], t.user_attrs["ran_to"]) for t in trials)
+    assert max(end for _, end in ran[:2]) <= min(start for start, _ in ran[2:])
 
 
 CHROMIUM = shutil.which("chromium")

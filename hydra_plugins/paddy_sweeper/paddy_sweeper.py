@@ -29,16 +29,24 @@ A thin subclass of the installed Optuna sweeper (1.4.0rc3); what it changes:
 - A seeded sampler (but the grid's) samples trial ``N`` with ``seed + N``, so a resumed or
   parallel study does not repeat the random start-up trials of the first run.
 - Job ``N`` of the sweep directory is trial ``N`` of the study (stable across resumes).
+- **No batch barrier** (``schedule: workers``, the default): with ``n_jobs > 1`` and a launcher that
+  runs jobs in parallel (submitit_local, submitit_slurm), the sweep is handed to ``n_jobs`` worker
+  jobs through that launcher (one command, one submission); each runs this same sweep command with
+  the basic launcher, one trial at a time against the shared storage, so a slot takes its next trial
+  the moment its last one ends (pruned or complete). ``schedule: batch`` is Hydra's way: ``n_jobs``
+  trials per launch, the next batch once the slowest of them ends.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import gc
 import logging
 import math
 import os
 import socket
+import subprocess
 import sys
 import time
 import traceback
@@ -50,11 +58,12 @@ from typing import Any
 
 import optuna
 from hydra.core.config_store import ConfigStore
+from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.utils import instantiate
 from hydra_plugins.hydra_optuna_sweeper import _impl, optuna_sweeper
 from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from paddy.errors import reported
@@ -67,6 +76,8 @@ RETRY_ATTR = "paddy:retry_of"  # system attr of the queued copy: the interrupted
 RETRY_REASON_ATTR = "paddy:retry_reason"  # system attr of the queued copy: why the original was cut off
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 _SAMPLER_WHITELIST = ("hydra_plugins.hydra_optuna_sweeper.*", "optuna.samplers.*")
+WORKERS_DIR = ".workers"  # the worker jobs' own folders in the sweep dir (schedule: workers)
+WORKER_ENV = "PADDY_SWEEP_WORKER"  # set in a worker job's sweep process: trials run in it, one at a time
 
 
 class SweepFailedError(RuntimeError):
@@ -108,6 +119,9 @@ class PaddyOptunaSweeperConf(OptunaSweeperConf):
     # and its parameters are queued again. null: off.
     heartbeat_interval: int | None = 60
     grace_period: int | None = 600
+    # workers: n_jobs worker jobs, each runs trials one after another (a free slot starts the next trial at
+    # once) | batch: n_jobs trials per launch, the next batch after the slowest (Hydra's Optuna sweeper)
+    schedule: str = "workers"
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="paddy_optuna", node=PaddyOptunaSweeperConf,
@@ -172,6 +186,32 @@ def _override_value(value: Any) -> str:
     return _quote(str(value))
 
 
+def worker_command(argv: Sequence[str], sweep_dir: Path) -> list[str]:
+    """The command a worker job runs: this sweep's own command line (``sys.orig_argv``) in this sweep's
+    directory (resolved here, so that ``${now:...}`` in it cannot differ)."""
+    args = [a for a in argv[1:] if not a.lstrip("+~").startswith("hydra.sweep.dir=")]
+    return [sys.executable, *args, f"hydra.sweep.dir={_quote(str(sweep_dir))}"]
+
+
+def _die_with_parent() -> None:
+    """(Linux) SIGTERM this process when its parent, the worker job, dies: no orphan keeps taking trials."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).prctl(1, 15)  # PR_SET_PDEATHSIG, SIGTERM
+    except (OSError, AttributeError):
+        pass
+
+
+def run_worker(command: list[str], cwd: str, cfg: DictConfig) -> None:
+    """The task of a worker job (``schedule: workers``): run ``command``, the sweep itself, to its end."""
+    log.info("Sweep worker: %s", " ".join(command))
+    env = {**os.environ, WORKER_ENV: "1"}
+    code = subprocess.run(command, cwd=cwd, env=env, preexec_fn=_die_with_parent).returncode
+    if code != 0:
+        raise SweepFailedError(f"its sweep process exited with code {code} (see its output above)")
+
+
 def _reason(error: Any) -> str:
     if isinstance(error, BaseException):
         text = f"{type(error).__name__}: {error}"
@@ -200,7 +240,8 @@ class PaddyOptunaSweeperImpl(_impl.OptunaSweeperImpl):
     def __init__(self, sampler: DictConfig, direction: Any, storage: Any | None, study_name: str | None,
                  n_trials: int | None, n_jobs: int, max_failure_rate: float, custom_search_space: str | None,
                  params: DictConfig | None, pruner: DictConfig | dict | str | None, monitor: str,
-                 stale_trials: str, heartbeat_interval: int | None = None, grace_period: int | None = None) -> None:
+                 stale_trials: str, heartbeat_interval: int | None = None, grace_period: int | None = None,
+                 schedule: str = "workers") -> None:
         super().__init__(None, direction, storage, study_name, n_trials, n_jobs, max_failure_rate,
                          custom_search_space, params)
         self.sampler_config: dict[str, Any] = (OmegaConf.to_container(sampler, resolve=True)
@@ -222,8 +263,23 @@ class PaddyOptunaSweeperImpl(_impl.OptunaSweeperImpl):
             raise ValueError(f"hydra.sweeper.n_trials={n_trials} (expected >= 0, or null)")
         if int(n_jobs) < 1:
             raise ValueError(f"hydra.sweeper.n_jobs={n_jobs} (expected >= 1)")
+        if schedule not in ("workers", "batch"):
+            raise ValueError(f"hydra.sweeper.schedule={schedule!r} (expected workers or batch)")
+        self.schedule = schedule
 
     # ------------------------------------------------------------------ set-up
+    def setup(self, *, hydra_context: Any, task_function: Any, config: DictConfig) -> None:
+        super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        if os.environ.get(WORKER_ENV):  # a worker job of a schedule-workers sweep: its trials run here
+            self.n_jobs = 1
+            here = copy.deepcopy(config)
+            with read_write(here.hydra), open_dict(here.hydra):
+                here.hydra.launcher = ConfigStore.instance().load("hydra/launcher/basic.yaml").node
+            self.launcher = Plugins.instance().instantiate_launcher(hydra_context=hydra_context,
+                                                                    task_function=task_function, config=here)
+            # its jobs compose from the sweep's own config (Hydra checks that they keep its hydra.launcher)
+            self.launcher.setup(hydra_context=hydra_context, task_function=task_function, config=config)
+
     @property
     def is_grid(self) -> bool:
         return self.sampler_config.get("_target_") == "optuna.samplers.GridSampler"
@@ -363,6 +419,12 @@ class PaddyOptunaSweeperImpl(_impl.OptunaSweeperImpl):
             log.info("Trials %s are running in another process: counted as in flight (if that process is gone, "
                      "re-run with hydra.sweeper.stale_trials=all)", [t.number for t in elsewhere])
 
+    def _can_watch(self, running: Sequence[FrozenTrial]) -> bool:
+        """Whether this process would notice the death of each running trial's worker: by Optuna's heartbeat,
+        or by the worker's process id on this machine (otherwise waiting for them could last for ever)."""
+        return bool(self.heartbeat_interval) or all(_owner_alive(t.system_attrs.get(OWNER_ATTR)) is not None
+                                                    for t in running)
+
     def _surplus(self, study: optuna.Study, trial: Trial, n_trials: int) -> bool:
         """Whether ``n_trials`` counted trials (finished, running or queued) come before ``trial``."""
         ahead = [t for t in _counted(study.get_trials(deepcopy=False)) if t.number < trial.number]
@@ -403,7 +465,8 @@ class PaddyOptunaSweeperImpl(_impl.OptunaSweeperImpl):
         pattern = sweep.get("subdir")  # unresolved: ${hydra.job.num} still in it
         if retry_of is None or not isinstance(pattern, str) or "${hydra.job.num}" not in pattern:
             return []
-        return [f"hydra.sweep.subdir={_quote(pattern.replace('${hydra.job.num}', str(retry_of)))}", "resume=auto"]
+        rerun = [f"hydra.sweep.subdir={_quote(pattern.replace('${hydra.job.num}', str(retry_of)))}"]
+        return rerun + (["resume=auto"] if "resume" in self.config else [])  # (a task with paddy's resume option)
 
     def _outcome(self, study: optuna.Study, trial: Trial, ret: JobReturn,
                  n_objectives: int) -> tuple[TrialState, list[float] | None, str | None]:
@@ -492,18 +555,61 @@ class PaddyOptunaSweeperImpl(_impl.OptunaSweeperImpl):
                  "search space: %s", study.study_name, "/".join(directions), self.storage, len(finished), n_trials,
                  len(running), self.sampler_config.get("_target_", "?").rsplit(".", 1)[-1], self.pruner_spec["name"],
                  ", ".join(space) or "none")
+        # (the worker jobs compose with the sweep's fixed overrides, as trials do)
+        fixed = [f"{k}={v}" for k, v in fixed_params.items()] + list(fixed_overrides)
+        if not (self._hand_to_workers() and self._run_workers(fixed)):
+            self._run_here(study, counts, (space, fixed_params, fixed_overrides), grid, n_trials, len(directions))
+        self._save_results(study, n_trials, directions)
+
+    def _hand_to_workers(self) -> bool:
+        """Whether this sweep runs as ``n_jobs`` worker jobs (schedule ``workers`` and a parallel launcher)."""
+        if self.schedule != "workers" or int(self.n_jobs) < 2:
+            return False
+        if type(self.launcher).__name__ == "BasicLauncher":
+            log.warning("hydra.sweeper.n_jobs=%d, but hydra/launcher=basic runs one job at a time: trials run one "
+                        "after another here (use hydra/launcher=submitit_local or submitit_slurm for %d in flight)",
+                        int(self.n_jobs), int(self.n_jobs))
+            return False
+        return True
+
+    def _run_workers(self, fixed: list[str]) -> bool:
+        """Launch ``n_jobs`` worker jobs through the configured launcher; each runs this sweep's command with
+        the basic launcher, trial after trial against the shared storage, until the study has n_trials.
+        False when a worker job failed or was killed: this process then carries on with what is left."""
+        n = int(self.n_jobs)
+        sweep_dir = Path(str(self.sweep_dir)).resolve()
+        command = worker_command(sys.orig_argv, sweep_dir)
+        cwd = str(self.config.hydra.runtime.cwd)
+        launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=self.hydra_context, config=self.config,
+            task_function=functools.partial(run_worker, command, cwd))
+        log.info("Schedule 'workers': %d worker jobs through %s, each taking the next trial as soon as its last one "
+                 "ends; logs in %s", n, type(launcher).__name__, sweep_dir / WORKERS_DIR)
+        overrides = [[*fixed, f"hydra.sweep.subdir={_quote(f'{WORKERS_DIR}/{i}')}"] for i in range(n)]
+        try:
+            failed = [f"worker {i}: {_reason(ret._return_value)}" for i, ret in
+                      enumerate(launcher.launch(overrides, initial_job_idx=0)) if ret.status != JobStatus.COMPLETED]
+        except Exception as err:  # noqa: BLE001 - a job killed or lost (the launcher raises at the first one)
+            failed = [_reason(err)]
+        if failed:
+            log.warning("A worker job ended badly (%s): this process carries on with the trials left",
+                        "; ".join(failed)[:2000])
+        return not failed
+
+    def _run_here(self, study: optuna.Study, counts: Any, params: tuple, grid: dict[str, list[Any]] | None,
+                  n_trials: int, n_objectives: int) -> None:
+        """Ask, launch (``n_jobs`` at once) and tell trials until the study has n_trials."""
         allowed = math.floor(self.max_failure_rate * n_trials + 1e-9)
         # (not the GridSampler: its seed fixes the order of the grid points, the same for every trial)
         seeded = self.sampler_config.get("seed") is not None and not self.is_grid
         failures: list[tuple[int, str]] = []
         ran = 0
         while True:
+            self._find_dead(study)  # trials of workers that died meanwhile go back to the queue
             finished, running = counts()
             to_go = n_trials - len(finished) - len(running)
-            if to_go <= 0 and running and self.heartbeat_interval:
-                # The rest runs elsewhere: wait, and take over the trials of workers that die.
-                time.sleep(min(self.heartbeat_interval, 5))  # a cheap query: notice soon when they end
-                self._find_dead(study)
+            if to_go <= 0 and running and self._can_watch(running):
+                time.sleep(1)  # the rest runs elsewhere: wait (a cheap query), take over if a worker dies
                 continue
             if to_go <= 0:
                 break
@@ -514,11 +620,11 @@ class PaddyOptunaSweeperImpl(_impl.OptunaSweeperImpl):
             for trial in trials:
                 if seeded:  # parameters are sampled now: with seed + trial number
                     study.sampler = self._make_sampler(trial.number, grid)
-                [job] = self._configure_trials([trial], space, fixed_params, fixed_overrides)
+                [job] = self._configure_trials([trial], *params)
                 overrides.append(self._trial_overrides(trial, job))
             for trial, ret in zip(trials, self._launch(study, trials, overrides)):
                 ran += 1
-                if self._record(study, trial, ret, len(directions)) == TrialState.FAIL:
+                if self._record(study, trial, ret, n_objectives) == TrialState.FAIL:
                     failures.append((trial.number, study._storage.get_trial(trial._trial_id).user_attrs.get(
                         "fail_reason", "?")))
             if len(failures) > allowed:
@@ -528,7 +634,6 @@ class PaddyOptunaSweeperImpl(_impl.OptunaSweeperImpl):
                     f"{self.max_failure_rate} x n_trials={n_trials} allows ({allowed}). Last failures: {last}. "
                     "Fix the cause (or raise hparams_search.max_failure_rate) and re-run the same command: "
                     "the study resumes.")
-        self._save_results(study, n_trials, directions)
 
     def _save_results(self, study: optuna.Study, n_trials: int, directions: list[str]) -> None:
         trials = _counted(study.get_trials(deepcopy=False))
@@ -557,11 +662,11 @@ class PaddyOptunaSweeper(optuna_sweeper.OptunaSweeper):
                  n_trials: int | None, n_jobs: int, max_failure_rate: float, custom_search_space: str | None,
                  params: DictConfig | None, pruner: Any = "median", monitor: str = "val/acc",
                  stale_trials: str = "local", heartbeat_interval: int | None = 60,
-                 grace_period: int | None = 600) -> None:
+                 grace_period: int | None = 600, schedule: str = "workers") -> None:
         self.sweeper = PaddyOptunaSweeperImpl(sampler, direction, storage, study_name, n_trials, n_jobs,
                                               max_failure_rate, custom_search_space, params, pruner, monitor,
-                                              stale_trials, heartbeat_interval, grace_period)
+                                              stale_trials, heartbeat_interval, grace_period, schedule)
 
 
 __all__ = ["PaddyOptunaSweeper", "PaddyOptunaSweeperConf", "PaddyOptunaSweeperImpl", "PrunerConf",
-           "SweepFailedError"]
+           "SweepFailedError", "run_worker", "worker_command"]
