@@ -10,12 +10,14 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 # Packages whose classes paddy's configs may name as ``_target_`` (Hydra 1.4 asks for a whitelist:
-# config-selected targets can run arbitrary code). Extend it for your own callbacks/loggers with
-# ``paddy.config.TRUSTED_TARGETS += ("mypackage.*",)``.
+# config-selected targets can run arbitrary code). Extend it for your own blocks, callbacks, data
+# layouts and loggers with the environment variable ``PADDY_TRUSTED_TARGETS`` (comma-separated
+# patterns, e.g. ``PADDY_TRUSTED_TARGETS='mypkg.*'``) or, from Python, ``paddy.config.TRUSTED_TARGETS``.
+TRUSTED_ENV = "PADDY_TRUSTED_TARGETS"
 TRUSTED_TARGETS: tuple[str, ...] = (
     "paddy.*", "lightning.*", "pytorch_lightning.*", "torch.*", "torchmetrics.*", "timm.*",
     "albumentations.*", "optuna.*",
-)
+) + tuple(p.strip() for p in os.environ.get(TRUSTED_ENV, "").split(",") if p.strip())
 
 
 def config_dir() -> Path:
@@ -43,6 +45,22 @@ def instantiate(node: Any, **kwargs: Any) -> Any:
     from hydra.utils import instantiate as hydra_instantiate
 
     return hydra_instantiate(node, _execution_whitelist_=list(TRUSTED_TARGETS), **kwargs)
+
+
+def override_value(value: Any) -> str:
+    """``value`` in Hydra's override grammar: strings quoted (quotes escaped), lists and
+    dicts recursively, None as ``null``: ``f"key={override_value(v)}"`` sets exactly ``v``."""
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{override_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(override_value(v) for v in value) + "]"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return "'" + str(value).replace("'", "\\'") + "'"  # (Hydra unescapes backslashes only before quotes)
 
 
 def run_stamp() -> str:

@@ -5,20 +5,21 @@ from __future__ import annotations
 import pytest
 import torch
 
+from paddy.config import config_dir
 from paddy.models.attention import (
-    ATTENTION_BLOCKS,
     CBAM,
     BoTSelfAttention,
     CoordinateAttention,
     EfficientChannelAttention,
     LinearSelfAttention,
     attention_knobs,
+    attention_spec,
     create_attention,
 )
 from paddy.models.attention.linear import relu_linear_attention
 
 C = 32
-NAMES = list(ATTENTION_BLOCKS)
+NAMES = ["none", "se", "ca", "eca", "cbam", "bot", "bot_linear", "hybrid"]
 # CBAM's default MLP over 32 channels has 2 hidden ReLUs, which can both be off for a random input
 GRAD_KNOBS = {"cbam": {"reduction": 4}}
 
@@ -27,8 +28,10 @@ def feature_map(h: int = 7, w: int = 7, c: int = C, seed: int = 0) -> torch.Tens
     return torch.randn(2, c, h, w, generator=torch.Generator().manual_seed(seed))
 
 
-def test_registry_names():
-    assert NAMES == ["none", "se", "ca", "eca", "cbam", "bot", "bot_linear", "hybrid"]
+def test_every_shipped_block_is_tested():
+    """conf/attention holds these blocks (and two CBAM ablations); a new one shows up here."""
+    shipped = {p.stem for p in (config_dir() / "attention").glob("*.yaml")}
+    assert shipped == {*NAMES, "cbam_channel", "cbam_spatial"}
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -162,19 +165,35 @@ def test_coordinate_attention_width(channels, reduction, width):
 
 
 def test_factory_errors_and_knobs():
-    with pytest.raises(ValueError, match=r"unknown attention 'cbma' \(available: none, se, ca, eca, cbam, bot, "
-                                         r"bot_linear, hybrid\)"):
+    with pytest.raises(ValueError, match=r"attention 'cbma' names no _target_ and is not one of paddy's blocks "
+                                         r"\(bot, bot_linear, ca, cbam, cbam_channel, cbam_spatial, eca, hybrid, "
+                                         r"none, se\)"):
         create_attention("cbma", C)
-    with pytest.raises(ValueError, match=r"attention 'ca' has no knob 'heads' \(it has: reduction\)"):
+    with pytest.raises(ValueError, match=r"attention 'ca' \(paddy.models.attention.CoordinateAttention\) has no knob "
+                                         r"'heads' \(its knobs: reduction\)"):
         create_attention("ca", C, heads=4)
-    with pytest.raises(ValueError, match=r"attention 'none' has no knob 'reduction' \(it has no knobs\)"):
+    with pytest.raises(ValueError, match=r"attention 'none' \(torch.nn.Identity\) has no knob 'reduction' "
+                                         r"\(its knobs: none\)"):
         create_attention("none", C, reduction=8)
-    with pytest.raises(ValueError, match=r"unknown attention 'x'"):
-        attention_knobs("x")
     assert isinstance(create_attention("none", C, heads=None), torch.nn.Identity)
     assert create_attention("ca", C, reduction=4, heads=None, kernel_size=None).rd_channels == 8
-    assert attention_knobs("cbam") == ("reduction", "kernel_size", "channel", "spatial")
-    assert attention_knobs("hybrid") == ("reduction", "heads")
-    assert attention_knobs("none") == ()
+    assert attention_knobs(CBAM) == ("reduction", "kernel_size", "channel", "spatial")
+    assert attention_knobs("paddy.models.attention.HybridAttention")[:2] == ("reduction", "heads")
+    assert attention_knobs(torch.nn.Identity) == ()
     with pytest.raises(ValueError, match=r"reduction must be a positive integer, got 0"):
         create_attention("se", C, reduction=0)
+
+
+def test_spec_reads_target_name_placement_and_knobs():
+    spec = attention_spec({"_target_": "paddy.models.attention.CBAM", "name": "cbam", "placement": "blocks",
+                           "reduction": 4, "kernel_size": None})
+    assert (spec.name, spec.placement, spec.knobs, spec.enabled) == ("cbam", "blocks", {"reduction": 4}, True)
+    assert isinstance(spec.make(C), CBAM) and spec.make(C).channel.fc1.out_channels == C // 4
+    assert not attention_spec({"_target_": "torch.nn.Identity", "name": "none"}).enabled
+    # a run saved before attention configs named their class: the shipped config supplies it
+    old_run = attention_spec({"name": "eca", "kernel_size": 5})
+    assert old_run.target == "paddy.models.attention.EfficientChannelAttention"
+    with pytest.raises(ValueError, match=r"attention.placement='neck' \(expected one of: head, blocks\)"):
+        attention_spec({"_target_": "paddy.models.attention.CBAM", "placement": "neck"})
+    with pytest.raises(ValueError, match=r"cannot use _target_ 'os.system'.*PADDY_TRUSTED_TARGETS='mypkg.\*'"):
+        attention_spec({"_target_": "os.system", "name": "evil"})

@@ -66,6 +66,7 @@ from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from optuna.trial import FrozenTrial, Trial, TrialState
 
+from paddy.config import override_value
 from paddy.errors import reported
 
 log = logging.getLogger(__name__)
@@ -164,33 +165,16 @@ def _counted(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
     return [t for t in trials if not t.system_attrs.get(INTERRUPTED_ATTR) and t.number not in retried]
 
 
-def _quote(value: str) -> str:
-    quote = "'" if "'" not in value else '"'
-    if quote in value:
-        raise ValueError(f"cannot pass {value!r} to a job as an override (it holds both kinds of quotes)")
-    return f"{quote}{value}{quote}"
-
-
-def _override_value(value: Any) -> str:
-    """``value`` in Hydra's override grammar (strings quoted; dicts and lists recursively)."""
-    if isinstance(value, dict):
-        return "{" + ",".join(f"{k}:{_override_value(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_override_value(v) for v in value) + "]"
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, (int, float)):
-        return repr(value)
-    return _quote(str(value))
+def _lacks(knobs: tuple[str, ...] | None, param: str) -> bool:
+    """Whether ``param`` is ``attention.<k>`` and ``k`` is not among ``knobs`` (None: unknown, keep it)."""
+    return knobs is not None and param.startswith("attention.") and param.split(".", 1)[1] not in knobs
 
 
 def worker_command(argv: Sequence[str], sweep_dir: Path) -> list[str]:
     """The command a worker job runs: this sweep's own command line (``sys.orig_argv``) in this sweep's
     directory (resolved here, so that ``${now:...}`` in it cannot differ)."""
     args = [a for a in argv[1:] if not a.lstrip("+~").startswith("hydra.sweep.dir=")]
-    return [sys.executable, *args, f"hydra.sweep.dir={_quote(str(sweep_dir))}"]
+    return [sys.executable, *args, f"hydra.sweep.dir={override_value(str(sweep_dir))}"]
 
 
 def _die_with_parent() -> None:
@@ -297,47 +281,35 @@ class PaddyOptunaSweeperImpl(_impl.OptunaSweeperImpl):
         """Remove ``attention.<knob>`` parameters the configured attention block does not take."""
         if "attention" in space:
             return  # the block itself is searched: handled per trial (_trial_overrides)
-        attention = OmegaConf.select(self.config, "attention.name")
-        if attention is None:
-            return
-        missing = [name for name in space if self._knob_missing(str(attention), name)]
+        knobs = self._block_knobs(OmegaConf.select(self.config, "attention"))
+        missing = [name for name in space if _lacks(knobs, name)]
         if not missing:
             return
         for name in missing:
             del space[name]
-        knobs = ", ".join(repr(name.split(".", 1)[1]) for name in missing)
-        log.info("attention %r has no knob%s %s: dropped from the search space", str(attention),
-                 "s" if len(missing) > 1 else "", knobs)
+        log.info("attention %r has no knob%s %s: dropped from the search space",
+                 OmegaConf.select(self.config, "attention.name"), "s" if len(missing) > 1 else "",
+                 ", ".join(repr(name.split(".", 1)[1]) for name in missing))
 
     @staticmethod
-    def _knob_missing(block: str, param: str) -> bool:
-        """``param`` is ``attention.<k>`` where ``k`` is a knob of some attention block but not of ``block``."""
-        from paddy.models.attention import ATTENTION_BLOCKS, attention_knobs
+    def _block_knobs(attention: Any) -> tuple[str, ...] | None:
+        """The keys an attention config may set: paddy's own and the keyword arguments of the class its
+        ``_target_`` names; None when that is not known here (the job then reports what is wrong)."""
+        from paddy.models.attention import RESERVED, attention_knobs
 
-        if not param.startswith("attention.") or block not in ATTENTION_BLOCKS:
-            return False
-        knob = param.split(".", 1)[1]
-        every = {k for name in ATTENTION_BLOCKS for k in attention_knobs(name)}
-        return knob in every and knob not in attention_knobs(block)
+        target = attention.get("_target_") if isinstance(attention, DictConfig) else None
+        try:
+            return RESERVED + attention_knobs(str(target)) if target else None
+        except Exception:  # noqa: BLE001 - a class that cannot be imported here
+            return None
 
-    @staticmethod
-    def _attention_block(choice: str) -> str:
-        """The block name of attention config ``choice``: ``conf/attention/<choice>.yaml``'s ``name``, or
-        that of the config it extends (``defaults: [cbam]``)."""
-        from paddy.config import config_dir
-
-        for _ in range(5):
-            path = config_dir() / "attention" / f"{choice}.yaml"
-            if not path.is_file():
-                break
-            node = OmegaConf.load(path)
-            if "name" in node:
-                return str(node.name)
-            parents = [d for d in node.get("defaults", []) if isinstance(d, str) and d != "_self_"]
-            if not parents:
-                break
-            choice = parents[0]
-        return choice
+    def _choice_knobs(self, choice: str) -> tuple[str, ...] | None:
+        """``_block_knobs`` of ``attention=<choice>``, from the config a trial with that choice composes."""
+        cache = self.__dict__.setdefault("_knobs_of", {})
+        if choice not in cache:
+            composed = self.hydra_context.config_loader.load_sweep_config(self.config, [f"attention={choice}"])
+            cache[choice] = self._block_knobs(OmegaConf.select(composed, "attention"))
+        return cache[choice]
 
     def _target_trials(self, space: dict[str, Any], grid: dict[str, list[Any]] | None) -> int:
         if grid is not None:
@@ -361,14 +333,16 @@ class PaddyOptunaSweeperImpl(_impl.OptunaSweeperImpl):
             sweep_dir = Path(str(self.sweep_dir)).resolve()
             sweep_dir.mkdir(parents=True, exist_ok=True)
             self.storage = f"sqlite:///{sweep_dir / 'optuna.db'}"
-        storage = open_storage(self.storage, self.heartbeat_interval, self.grace_period, self._requeue_stale)
+        # the storage object (Optuna's public RDBStorage API) for trial bookkeeping beyond ask/tell
+        self.db = storage = open_storage(self.storage, self.heartbeat_interval, self.grace_period,
+                                         self._requeue_stale)
         return optuna.create_study(study_name=self.study_name, storage=storage, sampler=self._make_sampler(0, grid),
                                    pruner=make_pruner(self.pruner), directions=directions, load_if_exists=True)
 
     # ------------------------------------------------------------------ trial bookkeeping
     def _interrupt(self, study: optuna.Study, trials: Sequence[Trial | FrozenTrial], reason: str) -> None:
         """Mark ``trials`` FAIL (interrupted, not counted) and queue a copy of each with the same parameters."""
-        storage = study._storage
+        storage = self.db
         for trial in trials:
             frozen = storage.get_trial(trial._trial_id)
             if frozen.state != TrialState.RUNNING:
@@ -434,9 +408,9 @@ class PaddyOptunaSweeperImpl(_impl.OptunaSweeperImpl):
         asked: list[Trial] = []
         for _ in range(size):
             trial = study.ask()
-            study._storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR, self.owner)
+            self.db.set_trial_system_attr(trial._trial_id, OWNER_ATTR, self.owner)
             if self._surplus(study, trial, n_trials):
-                study._storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)
+                self.db.set_trial_state_values(trial._trial_id, TrialState.WAITING)
                 log.info("Trial %d: the study already has %d trials finished or in flight: left in the queue",
                          trial.number, n_trials)
                 break
@@ -447,25 +421,25 @@ class PaddyOptunaSweeperImpl(_impl.OptunaSweeperImpl):
         overrides = list(overrides)
         attention = trial.params.get("attention")
         if attention is not None:  # the attention block is searched: leave out the knobs this one lacks
-            block = self._attention_block(str(attention))
-            overrides = [o for o in overrides if not self._knob_missing(block, o.split("=", 1)[0])]
+            knobs = self._choice_knobs(str(attention))
+            overrides = [o for o in overrides if not _lacks(knobs, o.split("=", 1)[0])]
         overrides += self._rerun_overrides(trial)
         if isinstance(self.storage, str):
             attach = {"storage": self.storage, "study_name": trial.study.study_name, "trial_number": trial.number,
                       "monitor": self.monitor, "pruner": self.pruner_spec,
                       "heartbeat_interval": self.heartbeat_interval}
-            overrides.append(f"++optuna={_override_value(attach)}")
+            overrides.append(f"++optuna={override_value(attach)}")
         return overrides
 
     def _rerun_overrides(self, trial: Trial) -> list[str]:
         """A queued copy of an interrupted trial runs in that trial's job directory with ``resume=auto``:
         it continues from the interrupted run's ``last.ckpt`` instead of starting again at epoch 0."""
-        retry_of = trial.study._storage.get_trial(trial._trial_id).system_attrs.get(RETRY_ATTR)
+        retry_of = self.db.get_trial(trial._trial_id).system_attrs.get(RETRY_ATTR)
         sweep = OmegaConf.to_container(self.config.hydra.sweep, resolve=False) if self.config is not None else {}
         pattern = sweep.get("subdir")  # unresolved: ${hydra.job.num} still in it
         if retry_of is None or not isinstance(pattern, str) or "${hydra.job.num}" not in pattern:
             return []
-        rerun = [f"hydra.sweep.subdir={_quote(pattern.replace('${hydra.job.num}', str(retry_of)))}"]
+        rerun = [f"hydra.sweep.subdir={override_value(pattern.replace('${hydra.job.num}', str(retry_of)))}"]
         return rerun + (["resume=auto"] if "resume" in self.config else [])  # (a task with paddy's resume option)
 
     def _outcome(self, study: optuna.Study, trial: Trial, ret: JobReturn,
@@ -482,7 +456,7 @@ class PaddyOptunaSweeperImpl(_impl.OptunaSweeperImpl):
                 return TrialState.FAIL, None, f"non-finite objective {values}"
             return TrialState.COMPLETE, values, None
         error = ret._return_value
-        if isinstance(error, optuna.TrialPruned) or "pruned_epoch" in study._storage.get_trial(
+        if isinstance(error, optuna.TrialPruned) or "pruned_epoch" in self.db.get_trial(
                 trial._trial_id).user_attrs:
             return TrialState.PRUNED, None, None
         return TrialState.FAIL, None, _reason(error)
@@ -490,9 +464,9 @@ class PaddyOptunaSweeperImpl(_impl.OptunaSweeperImpl):
     def _record(self, study: optuna.Study, trial: Trial, ret: JobReturn, n_objectives: int) -> TrialState:
         state, values, reason = self._outcome(study, trial, ret, n_objectives)
         _release(ret)
-        if study._storage.get_trial(trial._trial_id).state.is_finished():
+        if self.db.get_trial(trial._trial_id).state.is_finished():
             log.warning("Trial %d was finished by another process meanwhile", trial.number)
-            return study._storage.get_trial(trial._trial_id).state
+            return self.db.get_trial(trial._trial_id).state
         if reason is not None:
             trial.set_user_attr("fail_reason", reason)
         try:
@@ -505,7 +479,7 @@ class PaddyOptunaSweeperImpl(_impl.OptunaSweeperImpl):
                      trial.params)
         elif state == TrialState.PRUNED:
             log.info("Trial %d PRUNED at epoch %s; %s", trial.number,
-                     study._storage.get_trial(trial._trial_id).user_attrs.get("pruned_epoch"), trial.params)
+                     self.db.get_trial(trial._trial_id).user_attrs.get("pruned_epoch"), trial.params)
         else:
             log.warning("Trial %d FAIL: %s; %s", trial.number, reason, trial.params)
         return state
@@ -585,7 +559,7 @@ class PaddyOptunaSweeperImpl(_impl.OptunaSweeperImpl):
             task_function=functools.partial(run_worker, command, cwd))
         log.info("Schedule 'workers': %d worker jobs through %s, each taking the next trial as soon as its last one "
                  "ends; logs in %s", n, type(launcher).__name__, sweep_dir / WORKERS_DIR)
-        overrides = [[*fixed, f"hydra.sweep.subdir={_quote(f'{WORKERS_DIR}/{i}')}"] for i in range(n)]
+        overrides = [[*fixed, f"hydra.sweep.subdir={override_value(f'{WORKERS_DIR}/{i}')}"] for i in range(n)]
         try:
             failed = [f"worker {i}: {_reason(ret._return_value)}" for i, ret in
                       enumerate(launcher.launch(overrides, initial_job_idx=0)) if ret.status != JobStatus.COMPLETED]
@@ -625,7 +599,7 @@ class PaddyOptunaSweeperImpl(_impl.OptunaSweeperImpl):
             for trial, ret in zip(trials, self._launch(study, trials, overrides)):
                 ran += 1
                 if self._record(study, trial, ret, n_objectives) == TrialState.FAIL:
-                    failures.append((trial.number, study._storage.get_trial(trial._trial_id).user_attrs.get(
+                    failures.append((trial.number, self.db.get_trial(trial._trial_id).user_attrs.get(
                         "fail_reason", "?")))
             if len(failures) > allowed:
                 last = "; ".join(f"trial {n}: {r}" for n, r in failures[-3:])

@@ -8,6 +8,7 @@ from paddy.data.sources import (
     ImageSource,
     MetadataCSVSource,
     PaddyDoctorSource,
+    Sample,
     SourceIndex,
     SyntheticSource,
 )
@@ -15,5 +16,5 @@ from paddy.data.sources import (
 __all__ = [
     "DataProblem", "DataSourceError", "DataValidationError", "FashionMNISTSource", "ImageDataModule",
     "ImageDataset", "ImageFolderSource", "ImageSource", "MetadataCSVSource", "PaddyDoctorSource",
-    "SourceIndex", "SyntheticSource",
+    "Sample", "SourceIndex", "SyntheticSource",
 ]

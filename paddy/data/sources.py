@@ -105,7 +105,12 @@ class SourceIndex:
 
 
 class ImageSource(ABC):
-    """A dataset layout. Subclasses implement :meth:`load`."""
+    """A dataset layout. Subclasses implement :meth:`load`; a layout of image files lists them as
+    :class:`Sample` s and returns :meth:`index_files` (one sample per image, duplicates reported).
+
+    A layout of your own: subclass this in your package and select it with
+    ``data=imagefolder data.source._target_=mypkg.layout.MyLayout`` (and ``PADDY_TRUSTED_TARGETS='mypkg.*'``).
+    """
 
     name: str = "source"
 
@@ -116,14 +121,20 @@ class ImageSource(ABC):
     def load(self) -> SourceIndex:
         """Index the dataset; raise :class:`DataSourceError` when it cannot be read at all."""
 
-    def _require_root(self) -> Path:
+    def index_files(self, classes: list[str], samples: list[Sample],
+                    problems: list[DataProblem] | None = None) -> SourceIndex:
+        """The index of image files under the root: ``samples[i].label`` indexes ``classes``; an image
+        listed twice is kept once (a warning), with two labels or splits refused (:func:`unique_entries`)."""
+        return _file_index(self.name, self.require_root(), classes, list(samples), list(problems or []))
+
+    def require_root(self) -> Path:
         if self.root is None:
             raise DataSourceError(f"data={self.name} needs data.root=<folder of the dataset>")
         if not self.root.is_dir():
             raise DataSourceError(f"data.root={self.root} is not a folder (data={self.name})")
         return self.root
 
-    def _require_file(self, path: Path, what: str) -> Path:
+    def require_file(self, path: Path, what: str) -> Path:
         if not path.is_file():
             raise DataSourceError(f"{what} not found: {path} (data={self.name}, data.root={self.root})")
         return path
@@ -275,8 +286,8 @@ class PaddyDoctorSource(ImageSource):
         self.image_column, self.label_column = image_column, label_column
 
     def load(self) -> SourceIndex:
-        root = self._require_root()
-        csv_path = self._require_file(root / self.csv_file, "label file")
+        root = self.require_root()
+        csv_path = self.require_file(root / self.csv_file, "label file")
         if not (root / self.images_dir).is_dir():
             raise DataSourceError(f"image folder not found: {root / self.images_dir} (data={self.name})")
         columns, rows = _read_csv(csv_path)
@@ -301,7 +312,7 @@ class PaddyDoctorSource(ImageSource):
         class_ids = {name: i for i, name in enumerate(classes)}
         # Sorting by path makes the index (and so the seeded split) independent of CSV row order.
         # An image is one image_id (its label is part of its path): listed twice, it is one sample.
-        entries = sorted(_Entry(f"{self.images_dir}/{label}/{image_id}", class_ids[label],
+        entries = sorted(Sample(f"{self.images_dir}/{label}/{image_id}", class_ids[label],
                                 f"{csv_path.name} line {line}", key=image_id, label_name=label)
                          for image_id, label, line in kept)
         return _file_index(self.name, root, classes, entries, problems)
@@ -351,7 +362,7 @@ class MetadataCSVSource(ImageSource):
     def _load_label_map(self, root: Path) -> dict[str, int] | None:
         if self.label_map is None:
             return None
-        path = self._require_file(root / self.label_map, "label map")
+        path = self.require_file(root / self.label_map, "label map")
         try:
             mapping = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as err:
@@ -377,8 +388,8 @@ class MetadataCSVSource(ImageSource):
         return root / path
 
     def load(self) -> SourceIndex:
-        root = self._require_root()
-        csv_path = self._require_file(root / self.csv_file, "metadata CSV")
+        root = self.require_root()
+        csv_path = self.require_file(root / self.csv_file, "metadata CSV")
         columns, rows = _read_csv(csv_path)
         image_col = self._pick_column(columns, self.image_column, self.IMAGE_COLUMNS, "image", csv_path)
         label_col = self._pick_column(columns, self.label_column, self.LABEL_COLUMNS, "label", csv_path)
@@ -405,7 +416,7 @@ class MetadataCSVSource(ImageSource):
                 continue
             path = self._resolve_path(root, row[image_col])
             split = _normalize_split(row[split_col], f"{where} ({split_col})") if split_col is not None else None
-            entries.append(_Entry(_relative(path, root), class_id, where, file=str(path), split=split,
+            entries.append(Sample(_relative(path, root), class_id, where, file=str(path), split=split,
                                   label_name=label))
         return _file_index(self.name, root, classes, sorted(entries), problems)
 
@@ -434,7 +445,7 @@ class ImageFolderSource(ImageSource):
         return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
     def load(self) -> SourceIndex:
-        root = self._require_root()
+        root = self.require_root()
         split_dirs = {}
         for split, names in self.SPLIT_DIRS.items():
             found = [root / n for n in names if (root / n).is_dir()]
@@ -461,15 +472,16 @@ class ImageFolderSource(ImageSource):
                     problems.append(DataProblem("empty_class", where, "no image files"))
                 for path in images:
                     item = _relative(path, root)
-                    entries.append(_Entry(item, class_ids[class_dir.name], item, split=split,
+                    entries.append(Sample(item, class_ids[class_dir.name], item, split=split,
                                           label_name=class_dir.name))
         return _file_index(self.name, root, classes, entries, problems)
 
 
-class _Entry(NamedTuple):
+class Sample(NamedTuple):
     """One listed sample: ``item`` (path relative to the root), class id, ``where`` it was listed (a
-    CSV line, a folder), its file (default: root / item), its split (layouts that define splits),
-    and ``key``: what makes two listings the same image (default: the file's real path)."""
+    CSV line, a folder; for messages), its file (default: root / item), its split (``train``, ``val``,
+    ``test``; layouts that define splits), and ``key``: what makes two listings the same image
+    (default: the file's real path)."""
 
     item: str
     label: int
@@ -480,7 +492,7 @@ class _Entry(NamedTuple):
     label_name: str = ""
 
 
-def _file_index(name: str, root: Path, classes: list[str], entries: list[_Entry],
+def _file_index(name: str, root: Path, classes: list[str], entries: list[Sample],
                 problems: list[DataProblem]) -> SourceIndex:
     """Build the index of a file-backed dataset: one sample per unique image (see :func:`unique_entries`)."""
     entries = unique_entries(entries, root, name)
@@ -493,13 +505,13 @@ def _file_index(name: str, root: Path, classes: list[str], entries: list[_Entry]
     return index
 
 
-def unique_entries(entries: list[_Entry], root: Path, source: str) -> list[_Entry]:
+def unique_entries(entries: list[Sample], root: Path, source: str) -> list[Sample]:
     """Each image once: splits work on unique files, so no image can land in two splits.
 
     An image listed more than once with the same label (and split) is kept once, with one warning
     naming it; listed with different labels or splits, the dataset is refused naming the lines.
     """
-    groups: dict[str, list[_Entry]] = {}
+    groups: dict[str, list[Sample]] = {}
     for entry in entries:
         key = entry.key or os.path.realpath(entry.file or root / entry.item)
         groups.setdefault(key, []).append(entry)
@@ -520,8 +532,8 @@ def unique_entries(entries: list[_Entry], root: Path, source: str) -> list[_Entr
     return [entry for entry in entries if id(entry) in first]
 
 
-def _listings(group: list[_Entry], with_label: bool = False) -> str:
-    def listing(entry: _Entry) -> str:
+def _listings(group: list[Sample], with_label: bool = False) -> str:
+    def listing(entry: Sample) -> str:
         extra = [repr(entry.label_name or entry.label)] if with_label else []
         extra += [entry.split] if with_label and entry.split else []
         return entry.where + (f" ({', '.join(extra)})" if extra else "")

@@ -20,16 +20,13 @@ from typing import Any
 from torch import nn
 
 from paddy.errors import PaddyError
-from paddy.models.attention import ATTENTION_BLOCKS, attention_knobs, create_attention
+from paddy.models.attention import PLACEMENTS, AttentionSpec, attention_spec
 from paddy.models.backbone import create_backbone, load_backbone_weights
 from paddy.models.classifier import ImageClassifier
 from paddy.models.fusion import DCTFusionClassifier
 from paddy.models.heads import ClassifierHead
 
 log = logging.getLogger(__name__)
-
-PLACEMENTS = ("head", "blocks")
-
 
 class ModelConfigError(PaddyError):
     """``cfg.backbone`` / ``cfg.attention`` / ``cfg.model`` describe a network that cannot be built."""
@@ -52,24 +49,24 @@ def backbone_family(name: str) -> str:
 class _BlockAttentionFactory:
     """What timm calls to make each ResNet block's attention: ``factory(channels, **timm_extras)``."""
 
-    def __init__(self, name: str, knobs: dict[str, Any]):
-        self.name, self.knobs = name, knobs
+    def __init__(self, spec: AttentionSpec):
+        self.spec = spec
         self.channels: list[int] = []
 
     def __call__(self, channels: int, *args: Any, **kwargs: Any) -> nn.Module:
         self.channels.append(int(channels))
-        return create_attention(self.name, channels, **self.knobs)
+        return self.spec.make(channels)
 
 
-def _replace_se_slots(net: nn.Module, name: str, knobs: dict[str, Any]) -> list[int]:
-    """Swap the squeeze-excitation module of every EfficientNet/MobileNetV3 block for attention
-    ``name``; return the channel counts of the replaced slots."""
+def _replace_se_slots(net: nn.Module, spec: AttentionSpec) -> list[int]:
+    """Swap the squeeze-excitation module of every EfficientNet/MobileNetV3 block for the attention
+    block of ``spec``; return the channel counts of the replaced slots."""
     channels = []
     for block in net.modules():
         se = getattr(block, "se", None)
         if isinstance(se, nn.Module) and not isinstance(se, nn.Identity) and hasattr(se, "conv_reduce"):
             chs = int(se.conv_reduce.in_channels)
-            block.se = create_attention(name, chs, **knobs)
+            block.se = spec.make(chs)
             channels.append(chs)
     return channels
 
@@ -79,23 +76,6 @@ def _check_reduction(knobs: dict[str, Any], channels: int, where: str) -> None:
     if isinstance(reduction, int) and reduction > channels:
         raise ValueError(f"attention.reduction={reduction} is larger than the {channels} channels of {where} "
                          f"(choose a reduction <= {channels})")
-
-
-def split_attention(attention: dict[str, Any] | None) -> tuple[str, str, dict[str, Any]]:
-    """``cfg.attention`` -> (name, placement, knobs), checked against the block's knobs."""
-    options = dict(attention or {})
-    name = options.pop("name", "none") or "none"
-    placement = options.pop("placement", "head") or "head"
-    if name not in ATTENTION_BLOCKS:
-        raise ValueError(f"unknown attention {name!r} (conf/attention has: {', '.join(ATTENTION_BLOCKS)})")
-    if placement not in PLACEMENTS:
-        raise ValueError(f"attention.placement={placement!r} (expected one of: {', '.join(PLACEMENTS)})")
-    knobs = {k: v for k, v in options.items() if v is not None}
-    unknown = sorted(set(knobs) - set(attention_knobs(name)))
-    if unknown:
-        has = ", ".join(attention_knobs(name)) or "none"
-        raise ValueError(f"attention {name!r} has no knob {unknown[0]!r} (its knobs: {has})")
-    return name, placement, knobs
 
 
 def _reuse_weights(model: nn.Module, rest: dict[str, dict], num_classes: int, source: str | None) -> None:
@@ -131,64 +111,73 @@ def _reuse_weights(model: nn.Module, rest: dict[str, dict], num_classes: int, so
                  "no classifier" if not found else "a classifier of another shape", num_classes)
 
 
+def _backbone(backbone: dict[str, Any], spec: AttentionSpec) -> tuple[nn.Module, bool]:
+    """The timm feature extractor ``cfg.backbone`` describes, with the attention block of ``spec`` in
+    every block when its placement is ``blocks``; also whether it was put there."""
+    options = dict(backbone)
+    backbone_name = options.pop("name")
+    extra = dict(options.pop("kwargs", None) or {})
+    in_blocks = spec.placement == "blocks" and spec.enabled
+    family = backbone_family(backbone_name) if in_blocks else ""
+    if in_blocks and family not in _SE_SLOT_FAMILIES + _ATTN_SLOT_FAMILIES:
+        raise ModelConfigError(f"attention.placement=blocks needs an EfficientNet, MobileNetV3 or ResNet backbone; "
+                               f"{backbone_name!r} is a timm {family!r} model (use attention.placement=head)")
+    resnet_slots = _BlockAttentionFactory(spec)
+    if family in _ATTN_SLOT_FAMILIES:
+        extra["block_args"] = {**extra.get("block_args", {}), "attn_layer": resnet_slots}
+    net = create_backbone(backbone_name, pretrained=options.get("pretrained", False),
+                          drop_path_rate=options.get("drop_path_rate", 0.0), **extra)
+    if not in_blocks:
+        _check_reduction(spec.knobs, int(net.num_features), f"{backbone_name}'s final feature map")
+        return net, False
+    slots = _replace_se_slots(net, spec) if family in _SE_SLOT_FAMILIES else resnet_slots.channels
+    if not slots:
+        raise ModelConfigError(f"attention.placement=blocks: {backbone_name!r} has no attention slot in its blocks "
+                               f"(EfficientNet-Lite and similar have no SE); use attention.placement=head")
+    _check_reduction(spec.knobs, max(slots), f"the widest block of {backbone_name}")
+    log.info("attention %s inserted into %d blocks of %s", spec.name, len(slots), backbone_name)
+    return net, True
+
+
+def _network(kind: str, net: nn.Module, num_classes: int, attention: nn.Module | None,
+             model_options: dict[str, Any]) -> nn.Module:
+    """Backbone + head-placed attention + the head of recipe ``kind`` (``model.head``, ``model.dct``)."""
+    channels = int(net.num_features)
+    head = dict(model_options.get("head") or {})
+    if kind == "dct_fusion":
+        dct = dict(model_options.get("dct") or {})
+        block = int(dct.get("block", 32))
+        return DCTFusionClassifier(
+            net, channels, num_classes, dct_dim=block * block, attention=attention,
+            dct_hidden=dct.get("hidden", (256, 128)), dct_dropout=dct.get("dropout", 0.2),
+            hidden=head.get("hidden") or (256, 128), dropout=head.get("hidden_dropout", (0.3, 0.2)))
+    head_module = ClassifierHead(channels, num_classes, dropout=head.get("dropout", 0.2),
+                                 hidden=head.get("hidden") or (), hidden_dropout=head.get("hidden_dropout", 0.2),
+                                 pool=head.get("pool", "avg"))
+    return ImageClassifier(net, head_module, attention)
+
+
 def build_model(num_classes: int, backbone: dict[str, Any], attention: dict[str, Any] | None = None,
                 model: dict[str, Any] | None = None) -> nn.Module:
     """The network for plain config dicts ``cfg.backbone``, ``cfg.attention``, ``cfg.model``.
 
     ``model.kind`` picks the recipe: ``classifier`` (backbone -> attention -> pooled head) or
     ``dct_fusion`` (:class:`~paddy.models.fusion.DCTFusionClassifier`, which also takes DCT features).
+    ``cfg.attention`` is checked by :func:`paddy.models.attention.attention_spec`.
     """
     if num_classes < 1:
-        raise ValueError(f"num_classes={num_classes} (expected >= 1)")
+        raise ModelConfigError(f"num_classes={num_classes} (expected >= 1)")
     model_options = dict(model or {})
     kind = model_options.get("kind", "classifier") or "classifier"
     if kind not in MODEL_KINDS:
-        raise ValueError(f"model.kind={kind!r} (expected one of: {', '.join(MODEL_KINDS)})")
-    name, placement, knobs = split_attention(attention)
-
-    options = dict(backbone)
-    backbone_name = options.pop("name")
-    extra = dict(options.pop("kwargs", None) or {})
-    in_blocks = placement == "blocks" and name != "none"
-    family = backbone_family(backbone_name) if in_blocks else ""
-    if in_blocks and family not in _SE_SLOT_FAMILIES + _ATTN_SLOT_FAMILIES:
-        raise ValueError(f"attention.placement=blocks needs an EfficientNet, MobileNetV3 or ResNet backbone; "
-                         f"{backbone_name!r} is a timm {family!r} model (use attention.placement=head)")
-    resnet_slots = _BlockAttentionFactory(name, knobs)
-    if family in _ATTN_SLOT_FAMILIES:
-        extra["block_args"] = {**extra.get("block_args", {}), "attn_layer": resnet_slots}
-    net = create_backbone(backbone_name, pretrained=options.get("pretrained", False),
-                          drop_path_rate=options.get("drop_path_rate", 0.0), **extra)
-    channels = int(net.num_features)
-    if in_blocks:
-        slots = _replace_se_slots(net, name, knobs) if family in _SE_SLOT_FAMILIES else resnet_slots.channels
-        if not slots:
-            raise ValueError(f"attention.placement=blocks: {backbone_name!r} has no attention slot in its blocks "
-                             f"(EfficientNet-Lite and similar have no SE); use attention.placement=head")
-        _check_reduction(knobs, max(slots), f"the widest block of {backbone_name}")
-        log.info("attention %s inserted into %d blocks of %s", name, len(slots), backbone_name)
-    else:
-        _check_reduction(knobs, channels, f"{backbone_name}'s final feature map")
-    head_attention = create_attention(name, channels, **knobs) if placement == "head" else None
-    head_state: dict = {}
-    if options.get("pretrained_file"):
-        ignore = _BLOCK_SLOT_KEYS if in_blocks else ()
-        head_state = load_backbone_weights(net, options["pretrained_file"], ignore=ignore)
-
-    head = dict(model_options.get("head") or {})
-    if kind == "dct_fusion":
-        dct = dict(model_options.get("dct") or {})
-        block = int(dct.get("block", 32))
-        result: nn.Module = DCTFusionClassifier(
-            net, channels, num_classes, dct_dim=block * block, attention=head_attention,
-            dct_hidden=dct.get("hidden", (256, 128)), dct_dropout=dct.get("dropout", 0.2),
-            hidden=head.get("hidden") or (256, 128), dropout=head.get("hidden_dropout", (0.3, 0.2)))
-    else:
-        head_module = ClassifierHead(channels, num_classes, dropout=head.get("dropout", 0.2),
-                                     hidden=head.get("hidden") or (), hidden_dropout=head.get("hidden_dropout", 0.2),
-                                     pool=head.get("pool", "avg"))
-        result = ImageClassifier(net, head_module, head_attention)
-    _reuse_weights(result, head_state, num_classes, options.get("pretrained_file"))
+        raise ModelConfigError(f"model.kind={kind!r} (expected one of: {', '.join(MODEL_KINDS)})")
+    spec = attention_spec(attention)
+    net, in_blocks = _backbone(backbone, spec)
+    head_attention = spec.make(int(net.num_features)) if spec.placement == "head" else None
+    weights = backbone.get("pretrained_file")
+    head_state = load_backbone_weights(net, weights, ignore=_BLOCK_SLOT_KEYS if in_blocks else ()) if weights else {}
+    result = _network(kind, net, num_classes, head_attention, model_options)
+    _reuse_weights(result, head_state, num_classes, weights)
     return result
 
 
@@ -212,4 +201,4 @@ def gflops(module: nn.Module, image_size: int = 224, extra_inputs: dict | None =
 
 
 __all__ = ["MODEL_KINDS", "PLACEMENTS", "ModelConfigError", "backbone_family", "build_model", "count_parameters",
-           "gflops", "split_attention"]
+           "gflops"]

@@ -11,11 +11,10 @@ from typing import Any
 
 from torch import nn
 
-from paddy.config import compose_config, config_dir
+from paddy.config import compose_config, config_dir, override_value
 from paddy.models.factory import build_model, count_parameters, gflops
 
 BACKBONE_KEYS = ("pretrained", "pretrained_file", "drop_path_rate")
-ATTENTION_KEYS = ("reduction", "kernel_size", "heads", "placement", "channel", "spatial")
 HEAD_KEYS = ("dropout", "hidden", "hidden_dropout", "pool")
 
 
@@ -28,17 +27,11 @@ def backbone_names() -> list[str]:
     return sorted(p.stem for p in (config_dir() / "backbone").glob("*.yaml"))
 
 
-def _override_value(value: Any) -> str:
-    """A Python value as Hydra override syntax."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_override_value(v) for v in value) + "]"
-    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+def _attention_keys(selection: list[str]) -> tuple[str, ...]:
+    """The keys the attention block that ``selection`` composes to takes (its class's keyword arguments)."""
+    from paddy.models.attention import RESERVED, attention_knobs
+
+    return RESERVED + attention_knobs(str(compose_config(selection).attention._target_))
 
 
 def model_overrides(name: str, **overrides: Any) -> list[str]:
@@ -56,20 +49,24 @@ def model_overrides(name: str, **overrides: Any) -> list[str]:
     else:
         raise ValueError(f"unknown model {name!r}: not a preset ({', '.join(preset_names())}), "
                          f"a backbone config ({', '.join(backbone_names())}) or a timm model name")
+    result += [f"{key}={value}" for key, value in overrides.items()
+               if key in ("attention", "backbone") and isinstance(value, str)]
+    attention_keys = _attention_keys(result)
     for key, value in overrides.items():
         if key in ("attention", "backbone") and isinstance(value, str):
-            result.append(f"{key}={value}")
-        elif key in BACKBONE_KEYS:
-            result.append(f"backbone.{key}={_override_value(value)}")
-        elif key in ATTENTION_KEYS:
-            result.append(f"++attention.{key}={_override_value(value)}")
+            continue
+        if key in BACKBONE_KEYS:
+            result.append(f"backbone.{key}={override_value(value)}")
+        elif key in attention_keys:
+            result.append(f"++attention.{key}={override_value(value)}")
         elif key in HEAD_KEYS:
-            result.append(f"model.head.{key}={_override_value(value)}")
+            result.append(f"model.head.{key}={override_value(value)}")
         elif "." in key:
-            result.append(f"++{key}={_override_value(value)}")
+            result.append(f"++{key}={override_value(value)}")
         else:
-            raise ValueError(f"create_model: unknown option {key!r} (use attention=, backbone=, "
-                             f"{', '.join(BACKBONE_KEYS + ATTENTION_KEYS + HEAD_KEYS)}, or a dotted config key)")
+            raise ValueError(f"create_model: unknown option {key!r}: the attention block has no knob {key!r} (use "
+                             f"attention=, backbone=, {', '.join(BACKBONE_KEYS + attention_keys + HEAD_KEYS)}, "
+                             f"or a dotted config key)")
     return result
 
 

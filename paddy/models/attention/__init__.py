@@ -1,24 +1,34 @@
-"""Attention blocks that map a feature map ``B x C x H x W`` to the same shape, and their factory.
+"""Attention blocks that map a feature map ``B x C x H x W`` to the same shape.
 
-| name | block | paper | knobs |
+| ``attention=`` | block | paper | knobs |
 |---|---|---|---|
 | ``none`` | :class:`torch.nn.Identity` | | |
 | ``se`` | :class:`SqueezeExcite` | Hu et al., CVPR 2018 | reduction |
 | ``ca`` | :class:`CoordinateAttention` | Hou et al., CVPR 2021 | reduction |
 | ``eca`` | :class:`EfficientChannelAttention` | Wang et al., CVPR 2020 | kernel_size |
 | ``cbam`` | :class:`CBAM` | Woo et al., ECCV 2018 | reduction, kernel_size, channel, spatial |
-| ``bot`` | :class:`BoTSelfAttention` | Srinivas et al., CVPR 2021 | heads |
-| ``bot_linear`` | :class:`LinearSelfAttention` | Katharopoulos et al., 2020; Cai et al., 2023 | heads |
-| ``hybrid`` | :class:`HybridAttention` | ca then bot | reduction, heads |
+| ``bot`` | :class:`BoTSelfAttention` | Srinivas et al., CVPR 2021 | heads, dim_head, ... |
+| ``bot_linear`` | :class:`LinearSelfAttention` | Katharopoulos et al., 2020; Cai et al., 2023 | heads, ... |
+| ``hybrid`` | :class:`HybridAttention` | ca then bot | reduction, heads, ... |
 
-Each block class lists the knobs it accepts in ``KNOBS``; :func:`create_attention` refuses any
-other knob that is set (``None`` means "not set", so a config can carry every knob as null).
+A block is named in ``conf/attention/<name>.yaml`` by ``_target_`` (any module class that takes the
+channel count first; paddy's own or a user's, see ``PADDY_TRUSTED_TARGETS``). Its knobs are the
+class's other keyword arguments; ``name`` (the label in reports) and ``placement`` (``head`` |
+``blocks``) are paddy's own keys. :func:`attention_spec` reads such a config, checks it in this one
+place and returns how to make the block for any channel count.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
 from torch import nn
 
+from paddy.errors import PaddyError
 from paddy.models.attention.bot import BoTSelfAttention
 from paddy.models.attention.cbam import CBAM
 from paddy.models.attention.coord import CoordinateAttention
@@ -27,49 +37,106 @@ from paddy.models.attention.hybrid import HybridAttention
 from paddy.models.attention.linear import LinearSelfAttention
 from paddy.models.attention.se import SqueezeExcite
 
-ATTENTION_BLOCKS: dict[str, type[nn.Module]] = {
-    "none": nn.Identity,
-    "se": SqueezeExcite,
-    "ca": CoordinateAttention,
-    "eca": EfficientChannelAttention,
-    "cbam": CBAM,
-    "bot": BoTSelfAttention,
-    "bot_linear": LinearSelfAttention,
-    "hybrid": HybridAttention,
-}
+PLACEMENTS = ("head", "blocks")
+RESERVED = ("name", "placement")  # paddy's keys in conf/attention: not arguments of the block
 
 
-def _block(name: str) -> type[nn.Module]:
-    if name not in ATTENTION_BLOCKS:
-        raise ValueError(f"unknown attention {name!r} (available: {', '.join(ATTENTION_BLOCKS)})")
-    return ATTENTION_BLOCKS[name]
+class AttentionConfigError(PaddyError):
+    """``cfg.attention`` names a block that cannot be made as configured."""
 
 
-def attention_knobs(name: str) -> tuple[str, ...]:
-    """The knobs (constructor arguments besides ``channels``) that attention ``name`` accepts."""
-    return tuple(getattr(_block(name), "KNOBS", ()))
+def _block_class(target: str | type) -> type:
+    if not isinstance(target, str):
+        return target
+    from hydra.utils import get_class
+
+    return get_class(target)
+
+
+def attention_knobs(target: str | type) -> tuple[str, ...]:
+    """The knobs of attention class ``target`` (a class or its dotted path): its keyword arguments after
+    the channel count."""
+    params = list(inspect.signature(_block_class(target)).parameters.values())[1:]
+    return tuple(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+
+
+@dataclass(frozen=True)
+class AttentionSpec:
+    """A checked ``cfg.attention``: :meth:`make` builds the block for a ``channels``-channel map."""
+
+    name: str
+    target: str
+    placement: str = "head"
+    knobs: dict[str, Any] = field(default_factory=dict)
+    factory: Callable[..., nn.Module] | None = None  # None: no attention (torch.nn.Identity)
+
+    @property
+    def enabled(self) -> bool:
+        return self.factory is not None
+
+    def make(self, channels: int) -> nn.Module:
+        return nn.Identity() if self.factory is None else self.factory(int(channels))
+
+
+def _shipped_target(name: str) -> str:
+    """The ``_target_`` of ``conf/attention/<name>.yaml`` (configs saved before attention had one)."""
+    from paddy.config import compose_config
+
+    try:
+        return str(compose_config([f"attention={name}"]).attention._target_)
+    except Exception as err:  # noqa: BLE001 - Hydra's "could not find attention/<name>", said plainly
+        from paddy.config import config_dir
+
+        shipped = ", ".join(sorted(p.stem for p in (config_dir() / "attention").glob("*.yaml")))
+        raise AttentionConfigError(f"attention {name!r} names no _target_ and is not one of paddy's "
+                                   f"blocks ({shipped})") from err
+
+
+def attention_spec(attention: Mapping[str, Any] | None) -> AttentionSpec:
+    """``cfg.attention`` (a plain mapping) -> :class:`AttentionSpec`; the one place that checks it.
+
+    Knobs set to None are left at the class's default; a key that is not a keyword argument of the
+    class, an unknown placement, or a class outside the trusted targets is an AttentionConfigError."""
+    from paddy.config import TRUSTED_ENV, instantiate
+
+    options = {k: v for k, v in dict(attention or {}).items() if k != "_partial_"}
+    name = str(options.pop("name", None) or "none")
+    placement = str(options.pop("placement", None) or "head")
+    target = options.pop("_target_", None) or _shipped_target(name)
+    if placement not in PLACEMENTS:
+        raise AttentionConfigError(f"attention.placement={placement!r} (expected one of: {', '.join(PLACEMENTS)})")
+    try:
+        factory = instantiate({"_target_": target, "_partial_": True})
+    except Exception as err:  # noqa: BLE001 - Hydra's refusal or import error, in one line
+        reason = " ".join(str(err).split())
+        raise AttentionConfigError(f"attention {name!r}: cannot use _target_ {target!r} ({reason}); a block of your "
+                                   f"own needs its package importable and trusted: {TRUSTED_ENV}='mypkg.*'") from err
+    knobs = {k: v for k, v in options.items() if v is not None}
+    accepted = attention_knobs(factory.func)
+    unknown = sorted(set(knobs) - set(accepted))
+    if unknown:
+        has = ", ".join(accepted) or "none"
+        raise AttentionConfigError(f"attention {name!r} ({target}) has no knob {unknown[0]!r} (its knobs: {has})")
+    if factory.func is nn.Identity:
+        return AttentionSpec(name, target, placement)
+    return AttentionSpec(name, target, placement, knobs, functools.partial(factory.func, **knobs))
+
+
+@functools.cache
+def _named_target(name: str) -> str:
+    return _shipped_target(name)
 
 
 def create_attention(name: str, channels: int, **knobs: object) -> nn.Module:
-    """The attention block ``name`` for a ``channels``-channel feature map (``"none"``: identity).
-
-    Knobs set to ``None`` are left at the block's default; a set knob the block does not have is
-    a ValueError naming it and the block's knobs.
-    """
-    block = _block(name)
-    accepted = attention_knobs(name)
-    given = {key: value for key, value in knobs.items() if value is not None}
-    for key in given:
-        if key not in accepted:
-            has = f"it has: {', '.join(accepted)}" if accepted else "it has no knobs"
-            raise ValueError(f"attention {name!r} has no knob {key!r} ({has})")
-    if block is nn.Identity:
-        return nn.Identity()
-    return block(channels, **given)
+    """Paddy's attention block ``name`` (``conf/attention/<name>.yaml``: its class, at the class's
+    defaults) for a ``channels``-channel map, with ``knobs``; ``"none"``: identity."""
+    return attention_spec({"_target_": _named_target(name), "name": name, **knobs}).make(channels)
 
 
 __all__ = [
-    "ATTENTION_BLOCKS",
+    "PLACEMENTS",
+    "AttentionConfigError",
+    "AttentionSpec",
     "CBAM",
     "BoTSelfAttention",
     "CoordinateAttention",
@@ -78,5 +145,6 @@ __all__ = [
     "LinearSelfAttention",
     "SqueezeExcite",
     "attention_knobs",
+    "attention_spec",
     "create_attention",
 ]

@@ -69,7 +69,6 @@ class BoTSelfAttention(ResidualSelfAttention):
     map of it, usually a sign that the input images are too small for the backbone's stride.
     """
 
-    KNOBS: tuple[str, ...] = ("heads",)
     NAME = "bot"
 
     def __init__(self, channels: int, heads: int = 4, dim_head: int | None = None,

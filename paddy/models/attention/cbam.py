@@ -24,7 +24,6 @@ class CBAM(nn.Module):
     dropping both is an error. The channel MLP width is ``max(1, round(channels / reduction))``.
     """
 
-    KNOBS: tuple[str, ...] = ("reduction", "kernel_size", "channel", "spatial")
 
     def __init__(self, channels: int, reduction: int = 16, kernel_size: int = 7,
                  channel: bool = True, spatial: bool = True):

@@ -24,7 +24,6 @@ class CoordinateAttention(nn.Module):
     h-swish (:class:`torch.nn.Hardswish`).
     """
 
-    KNOBS: tuple[str, ...] = ("reduction",)
 
     def __init__(self, channels: int, reduction: int = 32):
         super().__init__()

@@ -24,7 +24,6 @@ class EfficientChannelAttention(nn.Module):
     ``channels=None`` (the module does not otherwise need the channel count).
     """
 
-    KNOBS: tuple[str, ...] = ("kernel_size",)
 
     def __init__(self, channels: int, kernel_size: int | None = None):
         super().__init__()

@@ -15,7 +15,6 @@ from paddy.models.attention.coord import CoordinateAttention
 class HybridAttention(nn.Module):
     """:class:`CoordinateAttention` (``reduction``) then :class:`BoTSelfAttention` (``heads``)."""
 
-    KNOBS: tuple[str, ...] = ("reduction", "heads")
 
     def __init__(self, channels: int, reduction: int = 32, heads: int = 4,
                  feat_size: int | tuple[int, int] | None = None):

@@ -41,7 +41,6 @@ class LinearSelfAttention(ResidualSelfAttention):
     :class:`~paddy.models.attention.bot.BoTSelfAttention`; ``heads`` must divide ``channels``.
     """
 
-    KNOBS: tuple[str, ...] = ("heads",)
     NAME = "bot_linear"
 
     def __init__(self, channels: int, heads: int = 4, eps: float = 1e-6, init_scale: float = 1e-2):

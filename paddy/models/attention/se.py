@@ -20,7 +20,6 @@ class SqueezeExcite(nn.Module):
     ``SEModule`` does (``rd_divisor=8``).
     """
 
-    KNOBS: tuple[str, ...] = ("reduction",)
 
     def __init__(self, channels: int, reduction: int = 16):
         super().__init__()
