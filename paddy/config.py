@@ -47,6 +47,18 @@ def instantiate(node: Any, **kwargs: Any) -> Any:
     return hydra_instantiate(node, _execution_whitelist_=list(TRUSTED_TARGETS), **kwargs)
 
 
+def shipped_target(group: str, name: str) -> str:
+    """The ``_target_`` of paddy's ``conf/<group>/<name>.yaml``, for configs saved before that group named
+    its class (their ``name`` says which file); a name paddy does not ship is a PaddyError listing those."""
+    from paddy.errors import PaddyError
+
+    try:
+        return str(compose_config([f"{group}={name}"])[group]._target_)
+    except Exception as err:  # noqa: BLE001 - Hydra's "could not find <group>/<name>", said plainly
+        shipped = ", ".join(sorted(p.stem for p in (config_dir() / group).glob("*.yaml")))
+        raise PaddyError(f"{group} {name!r} names no _target_ and is not one of paddy's ({shipped})") from err
+
+
 def override_value(value: Any) -> str:
     """``value`` in Hydra's override grammar: strings quoted (quotes escaped), lists and
     dicts recursively, None as ``null``: ``f"key={override_value(v)}"`` sets exactly ``v``."""

@@ -165,7 +165,7 @@ def test_coordinate_attention_width(channels, reduction, width):
 
 
 def test_factory_errors_and_knobs():
-    with pytest.raises(ValueError, match=r"attention 'cbma' names no _target_ and is not one of paddy's blocks "
+    with pytest.raises(ValueError, match=r"attention 'cbma' names no _target_ and is not one of paddy's "
                                          r"\(bot, bot_linear, ca, cbam, cbam_channel, cbam_spatial, eca, hybrid, "
                                          r"none, se\)"):
         create_attention("cbma", C)

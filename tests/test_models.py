@@ -80,8 +80,15 @@ def test_optimizer_groups_backbone_and_head_lr_no_decay_on_norms():
     assert all(p.ndim > 1 for p in groups["backbone"]["params"])
     counted = sum(len(g["params"]) for g in optimizer.param_groups)
     assert counted == len([p for p in model.parameters() if p.requires_grad])
-    with pytest.raises(ValueError, match="unknown optimizer 'adamax'"):
+    with pytest.raises(ValueError, match=r"optimizer 'adamax' names no _target_ and is not one of paddy's "
+                                         r"\(adam, adamw, sgd\)"):
         create_optimizer(model, "adamax")
+    radam = create_optimizer(model, "radam", lr=1e-3, _target_="torch.optim.RAdam", decoupled_weight_decay=True)
+    assert isinstance(radam, torch.optim.RAdam) and radam.defaults["decoupled_weight_decay"]
+    with pytest.raises(ValueError, match=r"optimizer 'sgd' \(torch.optim.sgd.SGD\): .*'betas'"):
+        create_optimizer(model, "sgd", _target_="torch.optim.SGD", betas=(0.9, 0.99))
+    with pytest.raises(ValueError, match=r"cannot use _target_ 'os.system'"):
+        create_optimizer(model, "evil", _target_="os.system")
 
 
 def test_cosine_schedule_with_warmup():

@@ -13,9 +13,9 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from paddy.errors import PaddyError
 from paddy.settings import non_negative_float, positive_float
 
-OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
 SCHEDULERS = ("cosine", "step", "plateau", "none")
 
 
@@ -58,25 +58,42 @@ def fused_available(optimizer_class: type[torch.optim.Optimizer], params: Iterab
     return bool(params) and all(p.is_floating_point() and p.device.type in ("cuda", "cpu") for p in params)
 
 
+def optimizer_class(target: str | None, name: str = "adamw") -> type[torch.optim.Optimizer]:
+    """The optimizer class ``_target_`` names (``torch.optim.AdamW``, or a class of your own among the
+    trusted targets); without one (a config saved by an older paddy), that of ``conf/optimizer/<name>``."""
+    from paddy.config import TRUSTED_ENV, instantiate, shipped_target
+
+    target = target or shipped_target("optimizer", name)
+    try:
+        return instantiate({"_target_": target, "_partial_": True}).func
+    except Exception as err:  # noqa: BLE001 - Hydra's refusal or an import error, in one line
+        reason = " ".join(str(err).split())
+        raise PaddyError(f"optimizer {name!r}: cannot use _target_ {target!r} ({reason}); an optimizer of your own "
+                         f"needs its package importable and trusted: {TRUSTED_ENV}='mypkg.*'") from err
+
+
 def create_optimizer(model: nn.Module, name: str = "adamw", lr: float = 1e-3, head_lr: float | None = None,
-                     weight_decay: float = 0.0, fused: bool | None = None, **kwargs) -> torch.optim.Optimizer:
-    """``name`` in :data:`OPTIMIZERS`; ``kwargs`` go to the torch optimizer (betas, momentum, ...).
+                     weight_decay: float = 0.0, fused: bool | None = None, _target_: str | None = None,
+                     **kwargs) -> torch.optim.Optimizer:
+    """The optimizer class ``_target_`` (see :func:`optimizer_class`) over paddy's parameter groups;
+    ``kwargs`` go to it (betas, momentum, ...).
 
     ``fused``: torch's fused implementation (one kernel per step instead of a few per parameter);
     ``None`` (default): fused whenever torch has one for these parameters.
     """
-    if name not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r} (conf/optimizer has: {', '.join(OPTIMIZERS)})")
+    optimizer = optimizer_class(_target_, name)
     lr = positive_float("optimizer.lr", lr)
     head_lr = None if head_lr is None else positive_float("optimizer.head_lr", head_lr)
     weight_decay = non_negative_float("optimizer.weight_decay", weight_decay)
     groups = parameter_groups(model, lr, head_lr, weight_decay)
-    optimizer_class = OPTIMIZERS[name]
     if fused is None:
-        fused = fused_available(optimizer_class, (p for group in groups for p in group["params"]))
+        fused = fused_available(optimizer, (p for group in groups for p in group["params"]))
     if fused:
         kwargs["fused"] = True
-    return optimizer_class(groups, lr=lr, **kwargs)
+    try:
+        return optimizer(groups, lr=lr, **kwargs)
+    except TypeError as err:  # an option the class does not take
+        raise PaddyError(f"optimizer {name!r} ({optimizer.__module__}.{optimizer.__qualname__}): {err}") from err
 
 
 def cosine_with_warmup(step: int, total_steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.0) -> float:

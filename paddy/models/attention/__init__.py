@@ -78,31 +78,17 @@ class AttentionSpec:
         return nn.Identity() if self.factory is None else self.factory(int(channels))
 
 
-def _shipped_target(name: str) -> str:
-    """The ``_target_`` of ``conf/attention/<name>.yaml`` (configs saved before attention had one)."""
-    from paddy.config import compose_config
-
-    try:
-        return str(compose_config([f"attention={name}"]).attention._target_)
-    except Exception as err:  # noqa: BLE001 - Hydra's "could not find attention/<name>", said plainly
-        from paddy.config import config_dir
-
-        shipped = ", ".join(sorted(p.stem for p in (config_dir() / "attention").glob("*.yaml")))
-        raise AttentionConfigError(f"attention {name!r} names no _target_ and is not one of paddy's "
-                                   f"blocks ({shipped})") from err
-
-
 def attention_spec(attention: Mapping[str, Any] | None) -> AttentionSpec:
     """``cfg.attention`` (a plain mapping) -> :class:`AttentionSpec`; the one place that checks it.
 
     Knobs set to None are left at the class's default; a key that is not a keyword argument of the
     class, an unknown placement, or a class outside the trusted targets is an AttentionConfigError."""
-    from paddy.config import TRUSTED_ENV, instantiate
+    from paddy.config import TRUSTED_ENV, instantiate, shipped_target
 
     options = {k: v for k, v in dict(attention or {}).items() if k != "_partial_"}
     name = str(options.pop("name", None) or "none")
     placement = str(options.pop("placement", None) or "head")
-    target = options.pop("_target_", None) or _shipped_target(name)
+    target = options.pop("_target_", None) or shipped_target("attention", name)
     if placement not in PLACEMENTS:
         raise AttentionConfigError(f"attention.placement={placement!r} (expected one of: {', '.join(PLACEMENTS)})")
     try:
@@ -124,7 +110,9 @@ def attention_spec(attention: Mapping[str, Any] | None) -> AttentionSpec:
 
 @functools.cache
 def _named_target(name: str) -> str:
-    return _shipped_target(name)
+    from paddy.config import shipped_target
+
+    return shipped_target("attention", name)
 
 
 def create_attention(name: str, channels: int, **knobs: object) -> nn.Module:
