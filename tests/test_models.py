@@ -97,5 +97,8 @@ def test_cosine_schedule_with_warmup():
     assert cosine_with_warmup(100, 100, min_lr_ratio=0.01) == pytest.approx(0.01)
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     assert create_scheduler(optimizer, 10, name="none") is None
-    with pytest.raises(ValueError, match="unknown scheduler"):
+    with pytest.raises(ValueError, match=r"scheduler .linear. names no _target_ and is not one of paddy.s "
+                                         r"\(cosine, cosine_warmup, none, plateau, step\)"):
         create_scheduler(optimizer, 10, name="linear")
+    with pytest.raises(ValueError, match=r"scheduler .step. \(paddy.tasks.optim.step\): .*.warmup_steps."):
+        create_scheduler(optimizer, 10, name="step", _target_="paddy.tasks.optim.step", warmup_steps=3)

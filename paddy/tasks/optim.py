@@ -7,16 +7,16 @@ norm-layer weights and biases get no weight decay (decay on them only hurts, see
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
 
 from paddy.errors import PaddyError
 from paddy.settings import non_negative_float, positive_float
-
-SCHEDULERS = ("cosine", "step", "plateau", "none")
 
 
 def _split_decay(parameters: Iterable[nn.Parameter]) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
@@ -104,39 +104,52 @@ def cosine_with_warmup(step: int, total_steps: int, warmup_steps: int = 0, min_l
     return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def create_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, name: str = "cosine",
-                     warmup_steps: int = 0, warmup_fraction: float = 0.0, min_lr_ratio: float = 0.01,
-                     t_max_epochs: int | None = None, steps_per_epoch: int | None = None,
-                     step_size: int = 10, gamma: float = 0.1, monitor: str = "val/loss", mode: str = "min",
-                     factor: float = 0.1, patience: int = 3) -> dict | None:
-    """A Lightning ``lr_scheduler`` dict, or None for ``none``.
+def cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0, warmup_fraction: float = 0.0,
+           min_lr_ratio: float = 0.01, t_max_epochs: int | None = None, steps_per_epoch: int | None = None) -> dict:
+    """Linear warmup (``warmup_steps`` or ``warmup_fraction`` of the run), then cosine decay to
+    ``min_lr_ratio * lr``, stepped every optimizer step, over the whole run (``total_steps``) or
+    ``t_max_epochs`` epochs."""
+    if t_max_epochs is not None:
+        if not steps_per_epoch:
+            raise ValueError("scheduler.t_max_epochs needs the number of steps per epoch")
+        total_steps = int(t_max_epochs) * int(steps_per_epoch)
+    if total_steps < 1:
+        raise ValueError(f"a cosine schedule needs a known run length, got {total_steps} steps")
+    warmup = warmup_steps or int(round(warmup_fraction * total_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: cosine_with_warmup(step, total_steps, warmup, min_lr_ratio))
+    return {"scheduler": scheduler, "interval": "step", "frequency": 1}
 
-    - ``cosine``: linear warmup (``warmup_steps`` or ``warmup_fraction`` of the run), then cosine
-      decay to ``min_lr_ratio * lr``, stepped every optimizer step, over the whole run
-      (``total_steps``) or ``t_max_epochs`` epochs;
-    - ``step``: StepLR, ``lr *= gamma`` every ``step_size`` epochs;
-    - ``plateau``: ReduceLROnPlateau on ``monitor`` (``lr *= factor`` after ``patience`` epochs
-      without improvement).
-    """
-    if name == "none":
+
+def step(optimizer: torch.optim.Optimizer, step_size: int = 10, gamma: float = 0.1) -> dict:
+    """StepLR: ``lr *= gamma`` every ``step_size`` epochs."""
+    if step_size < 1 or not 0 < gamma <= 1:
+        raise ValueError(f"scheduler=step needs step_size >= 1 and 0 < gamma <= 1, got {step_size}, {gamma}")
+    return {"scheduler": torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=gamma),
+            "interval": "epoch", "frequency": 1}
+
+
+def plateau(optimizer: torch.optim.Optimizer, monitor: str = "val/loss", mode: str = "min", factor: float = 0.1,
+            patience: int = 3) -> dict:
+    """ReduceLROnPlateau on ``monitor``: ``lr *= factor`` after ``patience`` epochs without improvement."""
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=factor, patience=patience)
+    return {"scheduler": scheduler, "interval": "epoch", "frequency": 1, "monitor": monitor}
+
+
+def create_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, name: str = "cosine",
+                     _target_: str | None = None, steps_per_epoch: int | None = None, **options: Any) -> dict | None:
+    """A Lightning ``lr_scheduler`` dict from the function ``_target_`` names (:func:`cosine`,
+    :func:`step`, :func:`plateau`, or one of your own among the trusted targets: it takes the optimizer
+    and its options, and may take ``total_steps`` and ``steps_per_epoch``), or None for ``none``
+    (``_target_: null``). Without ``_target_`` (a config saved by an older paddy): ``conf/scheduler/<name>``."""
+    from paddy.config import instantiate, shipped_target
+
+    if name == "none" and _target_ is None:
         return None
-    if name == "cosine":
-        if t_max_epochs is not None:
-            if not steps_per_epoch:
-                raise ValueError("scheduler.t_max_epochs needs the number of steps per epoch")
-            total_steps = int(t_max_epochs) * int(steps_per_epoch)
-        if total_steps < 1:
-            raise ValueError(f"a cosine schedule needs a known run length, got {total_steps} steps")
-        warmup = warmup_steps or int(round(warmup_fraction * total_steps))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: cosine_with_warmup(step, total_steps, warmup, min_lr_ratio))
-        return {"scheduler": scheduler, "interval": "step", "frequency": 1}
-    if name == "step":
-        if step_size < 1 or not 0 < gamma <= 1:
-            raise ValueError(f"scheduler=step needs step_size >= 1 and 0 < gamma <= 1, got {step_size}, {gamma}")
-        return {"scheduler": torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=gamma),
-                "interval": "epoch", "frequency": 1}
-    if name == "plateau":
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=factor, patience=patience)
-        return {"scheduler": scheduler, "interval": "epoch", "frequency": 1, "monitor": monitor}
-    raise ValueError(f"unknown scheduler {name!r} (conf/scheduler has: {', '.join(SCHEDULERS)})")
+    factory = instantiate({"_target_": _target_ or shipped_target("scheduler", name), "_partial_": True}).func
+    accepted = inspect.signature(factory).parameters
+    run = {"total_steps": total_steps, "steps_per_epoch": steps_per_epoch}
+    try:
+        return factory(optimizer, **{k: v for k, v in run.items() if k in accepted}, **options)
+    except TypeError as err:  # an option the schedule does not take
+        raise PaddyError(f"scheduler {name!r} ({factory.__module__}.{factory.__qualname__}): {err}") from err
