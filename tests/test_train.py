@@ -102,7 +102,7 @@ def _options() -> list[tuple[str, str]]:
     root = config_dir()
     pairs = []
     for group_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-        for option in sorted(group_dir.glob("*.yaml")):
+        for option in sorted(group_dir.glob("[!_]*.yaml")):  # conf/data/_base.yaml: what the options extend
             pairs.append((group_dir.name, option.stem))
     return pairs
 
