@@ -209,6 +209,7 @@ def test_a_killed_worker_job_loses_no_trial(tmp_path: Path):
     assert copy.params == running[0].params and copy.system_attrs["paddy:retry_of"] == running[0].number
 
 
+@pytest.mark.slow
 def test_batch_schedule_waits_for_the_slowest_trial(tmp_path: Path):
     """schedule=batch (Hydra's way), for comparison: 2 trials per launch, the next launch after both end."""
     trials = slot_sweep(tmp_path, "hydra.sweeper.n_jobs=2", "hydra.sweeper.n_trials=4", "seed=1",
