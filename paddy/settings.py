@@ -128,6 +128,10 @@ def check_settings(cfg: DictConfig, rules: dict[str, Callable[[str, Any], Any]] 
     data = cfg.get("data") or {}
     if "val_fraction" in data and "test_fraction" in data:
         split_fractions(data.val_fraction, data.test_fraction)
+    if OmegaConf.is_dict(cfg.get("attention")):  # its class, knobs and placement (no module is built)
+        from paddy.models.attention import attention_spec
+
+        attention_spec(OmegaConf.to_container(cfg.attention, resolve=True))
 
 
 _ABSENT = object()

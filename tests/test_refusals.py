@@ -377,3 +377,14 @@ def test_damaged_study_database_is_one_line(tmp_path: Path, monkeypatch, capfd):
     assert code == 2
     line = assert_one_line_error(output, f"sqlite:///{sweep / 'optuna.db'}", "file is not a database")
     assert "SELECT" not in line and "sqlalche.me" not in line
+
+
+def test_an_attention_knob_the_block_lacks_is_refused_before_anything_is_built():
+    from paddy.config import compose_config
+
+    with pytest.raises(ValueError,
+                       match=r"attention 'ca' \(paddy.models.attention.CoordinateAttention\) has no knob 'heads' "
+                             r"\(its knobs: reduction\)"):
+        check_settings(compose_config(["attention=ca", "+attention.heads=4", "data.root=/nowhere"]))
+    with pytest.raises(ValueError, match=r"cannot use _target_ 'os.system'.*PADDY_TRUSTED_TARGETS"):
+        check_settings(compose_config(["attention=ca", "attention._target_=os.system", "data.root=/nowhere"]))
