@@ -35,6 +35,16 @@ def test_unknown_backbone_is_a_clear_error():
         create_backbone("resnet1800")
 
 
+def test_backbone_named_by_target():
+    default = build_model(3, {**TINY, "_target_": "paddy.models.backbone.create_backbone"})
+    assert default.backbone.num_features == build_model(3, TINY).backbone.num_features
+    with pytest.raises(ValueError, match=r"backbone._target_='os.system': cannot use it .*PADDY_TRUSTED_TARGETS"):
+        build_model(3, {**TINY, "_target_": "os.system"})
+    with pytest.raises(ValueError, match=r"attention.placement=blocks needs a timm backbone"):
+        build_model(3, {**TINY, "_target_": "torch.nn.Identity"},
+                    {"_target_": "paddy.models.attention.SqueezeExcite", "placement": "blocks"})
+
+
 def test_pretrained_without_network_fails_at_once_pointing_to_the_file(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     started = time.perf_counter()

@@ -111,13 +111,33 @@ def _reuse_weights(model: nn.Module, rest: dict[str, dict], num_classes: int, so
                  "no classifier" if not found else "a classifier of another shape", num_classes)
 
 
+def _backbone_factory(target: str | None) -> Any:
+    """The function ``backbone._target_`` names: ``(name, pretrained=, drop_path_rate=, **kwargs)`` -> a
+    module with ``num_features`` whose forward returns the final feature map (default: timm's models,
+    :func:`~paddy.models.backbone.create_backbone`; one of your own among the trusted targets)."""
+    if target is None or target == "paddy.models.backbone.create_backbone":
+        return create_backbone
+    from paddy.config import TRUSTED_ENV, instantiate
+
+    try:
+        return instantiate({"_target_": target, "_partial_": True}).func
+    except Exception as err:  # noqa: BLE001 - Hydra's refusal or an import error, in one line
+        raise ModelConfigError(f"backbone._target_={target!r}: cannot use it ({' '.join(str(err).split())}); "
+                               f"a backbone of your own needs its package importable and trusted: "
+                               f"{TRUSTED_ENV}='mypkg.*'") from err
+
+
 def _backbone(backbone: dict[str, Any], spec: AttentionSpec) -> tuple[nn.Module, bool]:
     """The timm feature extractor ``cfg.backbone`` describes, with the attention block of ``spec`` in
     every block when its placement is ``blocks``; also whether it was put there."""
     options = dict(backbone)
     backbone_name = options.pop("name")
     extra = dict(options.pop("kwargs", None) or {})
+    create = _backbone_factory(options.pop("_target_", None))
     in_blocks = spec.placement == "blocks" and spec.enabled
+    if in_blocks and create is not create_backbone:
+        raise ModelConfigError("attention.placement=blocks needs a timm backbone (backbone._target_: "
+                               "paddy.models.backbone.create_backbone); use attention.placement=head")
     family = backbone_family(backbone_name) if in_blocks else ""
     if in_blocks and family not in _SE_SLOT_FAMILIES + _ATTN_SLOT_FAMILIES:
         raise ModelConfigError(f"attention.placement=blocks needs an EfficientNet, MobileNetV3 or ResNet backbone; "
@@ -125,8 +145,8 @@ def _backbone(backbone: dict[str, Any], spec: AttentionSpec) -> tuple[nn.Module,
     resnet_slots = _BlockAttentionFactory(spec)
     if family in _ATTN_SLOT_FAMILIES:
         extra["block_args"] = {**extra.get("block_args", {}), "attn_layer": resnet_slots}
-    net = create_backbone(backbone_name, pretrained=options.get("pretrained", False),
-                          drop_path_rate=options.get("drop_path_rate", 0.0), **extra)
+    net = create(backbone_name, pretrained=options.get("pretrained", False),
+                 drop_path_rate=options.get("drop_path_rate", 0.0), **extra)
     if not in_blocks:
         _check_reduction(spec.knobs, int(net.num_features), f"{backbone_name}'s final feature map")
         return net, False
