@@ -14,6 +14,7 @@ Placement of the attention block (``attention.placement``):
 
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Any
 
@@ -31,7 +32,6 @@ log = logging.getLogger(__name__)
 class ModelConfigError(PaddyError):
     """``cfg.backbone`` / ``cfg.attention`` / ``cfg.model`` describe a network that cannot be built."""
 
-MODEL_KINDS = ("classifier", "dct_fusion")
 # The timm modules whose models take attention inside their blocks, and the keyword that does it.
 _SE_SLOT_FAMILIES = ("efficientnet", "mobilenetv3")
 _ATTN_SLOT_FAMILIES = ("resnet",)
@@ -159,44 +159,61 @@ def _backbone(backbone: dict[str, Any], spec: AttentionSpec) -> tuple[nn.Module,
     return net, True
 
 
-def _network(kind: str, net: nn.Module, num_classes: int, attention: nn.Module | None,
-             model_options: dict[str, Any]) -> nn.Module:
-    """Backbone + head-placed attention + the head of recipe ``kind`` (``model.head``, ``model.dct``)."""
-    channels = int(net.num_features)
-    head = dict(model_options.get("head") or {})
-    if kind == "dct_fusion":
-        dct = dict(model_options.get("dct") or {})
-        block = int(dct.get("block", 32))
-        return DCTFusionClassifier(
-            net, channels, num_classes, dct_dim=block * block, attention=attention,
-            dct_hidden=dct.get("hidden", (256, 128)), dct_dropout=dct.get("dropout", 0.2),
-            hidden=head.get("hidden") or (256, 128), dropout=head.get("hidden_dropout", (0.3, 0.2)))
-    head_module = ClassifierHead(channels, num_classes, dropout=head.get("dropout", 0.2),
+def classifier(net: nn.Module, num_classes: int, attention: nn.Module | None = None,
+               head: dict[str, Any] | None = None) -> nn.Module:
+    """``model._target_`` of the plain recipe: backbone -> attention -> pooled head (``model.head``)."""
+    head = dict(head or {})
+    head_module = ClassifierHead(int(net.num_features), num_classes, dropout=head.get("dropout", 0.2),
                                  hidden=head.get("hidden") or (), hidden_dropout=head.get("hidden_dropout", 0.2),
                                  pool=head.get("pool", "avg"))
     return ImageClassifier(net, head_module, attention)
+
+
+def dct_fusion(net: nn.Module, num_classes: int, attention: nn.Module | None = None,
+               head: dict[str, Any] | None = None, dct: dict[str, Any] | None = None) -> nn.Module:
+    """``model._target_`` of :class:`~paddy.models.fusion.DCTFusionClassifier`, which also takes DCT features."""
+    head, dct = dict(head or {}), dict(dct or {})
+    block = int(dct.get("block", 32))
+    return DCTFusionClassifier(
+        net, int(net.num_features), num_classes, dct_dim=block * block, attention=attention,
+        dct_hidden=dct.get("hidden", (256, 128)), dct_dropout=dct.get("dropout", 0.2),
+        hidden=head.get("hidden") or (256, 128), dropout=head.get("hidden_dropout", (0.3, 0.2)))
+
+
+def _recipe(model_options: dict[str, Any]) -> Any:
+    """The function ``model._target_`` names (:func:`classifier`, :func:`dct_fusion`, or a trusted one of
+    your own taking the backbone, num_classes, the head-placed attention and ``model.*`` options it
+    names); a config saved before ``_target_`` names it by ``kind``."""
+    from paddy.config import TRUSTED_ENV, instantiate
+
+    target = model_options.get("_target_") or f"{__name__}.{model_options.get('kind') or 'classifier'}"
+    try:
+        return instantiate({"_target_": target, "_partial_": True}).func
+    except Exception as err:  # noqa: BLE001 - Hydra's refusal or an import error, in one line
+        raise ModelConfigError(f"model._target_={target!r}: cannot use it ({' '.join(str(err).split())}); "
+                               f"a recipe of your own needs its package importable and trusted: "
+                               f"{TRUSTED_ENV}='mypkg.*'") from err
 
 
 def build_model(num_classes: int, backbone: dict[str, Any], attention: dict[str, Any] | None = None,
                 model: dict[str, Any] | None = None) -> nn.Module:
     """The network for plain config dicts ``cfg.backbone``, ``cfg.attention``, ``cfg.model``.
 
-    ``model.kind`` picks the recipe: ``classifier`` (backbone -> attention -> pooled head) or
-    ``dct_fusion`` (:class:`~paddy.models.fusion.DCTFusionClassifier`, which also takes DCT features).
-    ``cfg.attention`` is checked by :func:`paddy.models.attention.attention_spec`.
+    ``model._target_`` is the recipe: :func:`classifier` (backbone -> attention -> pooled head) or
+    :func:`dct_fusion`; ``cfg.attention`` is checked by :func:`paddy.models.attention.attention_spec`.
     """
     if num_classes < 1:
         raise ModelConfigError(f"num_classes={num_classes} (expected >= 1)")
     model_options = dict(model or {})
-    kind = model_options.get("kind", "classifier") or "classifier"
-    if kind not in MODEL_KINDS:
-        raise ModelConfigError(f"model.kind={kind!r} (expected one of: {', '.join(MODEL_KINDS)})")
+    recipe = _recipe(model_options)
     spec = attention_spec(attention)
     net, in_blocks = _backbone(backbone, spec)
     head_attention = spec.make(int(net.num_features)) if spec.placement == "head" else None
     weights = backbone.get("pretrained_file")
     head_state = load_backbone_weights(net, weights, ignore=_BLOCK_SLOT_KEYS if in_blocks else ()) if weights else {}
-    result = _network(kind, net, num_classes, head_attention, model_options)
+    accepted = inspect.signature(recipe).parameters
+    result = recipe(net, num_classes, head_attention,
+                    **{k: v for k, v in model_options.items() if k in accepted and k not in ("net", "num_classes")})
     _reuse_weights(result, head_state, num_classes, weights)
     return result
 
@@ -220,5 +237,5 @@ def gflops(module: nn.Module, image_size: int = 224, extra_inputs: dict | None =
     return counter.get_total_flops() / 1e9
 
 
-__all__ = ["MODEL_KINDS", "PLACEMENTS", "ModelConfigError", "backbone_family", "build_model", "count_parameters",
-           "gflops"]
+__all__ = ["PLACEMENTS", "ModelConfigError", "backbone_family", "build_model", "classifier", "count_parameters",
+           "dct_fusion", "gflops"]
