@@ -5,7 +5,9 @@ learning rate, a checkpoint that would run code). It carries its own message, wh
 file, the value and what would be valid, and its exit code. Entry points wrap their work in
 :func:`reported`: such an error ends the command with that message on one line (a data error may
 list its culprits below it) and the exit code, never a traceback. Anything else is a bug in paddy
-and keeps its traceback.
+and keeps its traceback. Commands that print rather than log (``python -m paddy.report``,
+``python -m paddy.benchmark``) run their work through :func:`exit_status`, the same handler with a
+``prog: message`` line on stderr and the exit code returned.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import contextlib
 import logging
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 USER_ERROR_EXIT = 2
 
@@ -68,6 +70,31 @@ def reported(log: logging.Logger, reraise: bool = False) -> Iterator[None]:
         raise user from err
 
 
+class _OneLine(logging.Formatter):
+    """``prog: message`` with the message's lines joined into one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return re.sub(r"\s*\n\s*", " ", super().format(record)).strip()
+
+
+def exit_status(prog: str, work: Callable[[], int | None]) -> int:
+    """Run ``work`` for a command that prints instead of logging (``python -m paddy.report``,
+    ``python -m paddy.benchmark``) under :func:`reported`: a user error ends it with ``prog: message`` on
+    one line of stderr and its exit code as the return value; otherwise ``work``'s own status (None: 0)."""
+    handler = logging.StreamHandler(sys.stderr)  # the stderr of this call (a test may have replaced it)
+    handler.setFormatter(_OneLine(f"{prog}: %(message)s"))
+    logger = logging.getLogger("paddy.cli")
+    logger.propagate = False
+    logger.addHandler(handler)
+    try:
+        with reported(logger, reraise=True):
+            return int(work() or 0)
+    except PaddyError as err:
+        return err.exit_code
+    finally:
+        logger.removeHandler(handler)
+
+
 def in_multirun() -> bool:
     """Whether this process runs a job of a Hydra multirun (sweep)."""
     try:
@@ -78,4 +105,4 @@ def in_multirun() -> bool:
         return False
 
 
-__all__ = ["USER_ERROR_EXIT", "PaddyError", "SettingError", "first_line", "in_multirun", "reported"]
+__all__ = ["USER_ERROR_EXIT", "PaddyError", "SettingError", "exit_status", "first_line", "in_multirun", "reported"]

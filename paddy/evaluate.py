@@ -40,8 +40,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import paddy  # noqa: F401  (sets the offline environment before albumentations is imported)
+from paddy.artifacts import write_metrics
 from paddy.config import TRUSTED_TARGETS, config_dir
 from paddy.errors import PaddyError, reported
+from paddy.model_inputs import input_features
 from paddy.utils.checkpoints import load_trained_model, resolve_checkpoint, run_dir_of
 from paddy.utils.runtime import resolve_channels_last, time_steps
 
@@ -59,17 +61,25 @@ class EvaluationError(PaddyError):
 # ---------------------------------------------------------------------------------------------- data
 
 
-def _data_config(run_config: Mapping[str, Any], override: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The run's data config; a full data config (with ``_target_``) replaces it, a partial one is merged."""
+def _data_config(run_config: Mapping[str, Any], override: Mapping[str, Any] | None, batch_size: int | None = None,
+                 num_workers: int | None = None) -> dict[str, Any]:
+    """The run's data config; a full data config (with ``_target_``) replaces it, a partial one is merged.
+    ``batch_size`` and ``num_workers`` (when given) replace its eval batch size and loader processes."""
     base = run_config.get("data")
     if override and "_target_" in override:
-        return dict(override)
-    if not isinstance(base, Mapping) or "_target_" not in base:
+        data = dict(override)
+    elif not isinstance(base, Mapping) or "_target_" not in base:
         raise EvaluationError("the checkpoint's config has no data section: pass a data config (data=<option>)")
-    if override:
-        return OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(dict(base)), OmegaConf.create(dict(override))),
+    elif override:
+        data = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(dict(base)), OmegaConf.create(dict(override))),
                                       resolve=True)
-    return dict(base)
+    else:
+        data = dict(base)
+    if batch_size is not None:
+        data["eval_batch_size"] = int(batch_size)
+    if num_workers is not None:
+        data["num_workers"] = int(num_workers)
+    return data
 
 
 def _build_datamodule(data: dict[str, Any], seed: Any):
@@ -326,12 +336,39 @@ def evaluate(ckpt_path: str | Path, split: str = "test", data_config: Mapping[st
                                           device.type == "cuda") and device.type == "cuda"
     if channels_last:
         model.to(memory_format=torch.channels_last)
+    data = _data_config(run_config, data_config, batch_size, num_workers)
+    datamodule = _split_datamodule(data, run_config, class_names, split, model)
+    loader = torch.utils.data.DataLoader(datamodule.dataset(split), batch_size=datamodule.eval_batch_size,
+                                         shuffle=False, num_workers=datamodule.num_workers,
+                                         pin_memory=device.type == "cuda")
+    out = Path(output_dir) if output_dir else run_dir_of(ckpt) / f"eval_{split}"
+    out.mkdir(parents=True, exist_ok=True)
+    log.info("Evaluating %s on the %s split (%d images, batch %d) on %s", ckpt, split, len(loader.dataset),
+             datamodule.eval_batch_size, device)
+    logits, labels, first_batch, loop_time = predict_split(model, loader, device, channels_last, split)
+    metrics = classification_metrics(logits, labels, class_names)
+    curves = metrics.pop("_roc_curves")
+    result: dict[str, Any] = {
+        "checkpoint": str(ckpt), "run_dir": str(run_dir_of(ckpt)), "split": split,
+        "model_name": (run_config.get("model") or {}).get("name"), "num_classes": len(class_names),
+        "classes": list(class_names), **metrics,
+        **measure_speed(model, first_batch, device, latency_runs, throughput_runs, len(labels), loop_time),
+        "device": str(device), "torch": torch.__version__,
+    }
+    write_reports(out, metrics, curves, class_names)
+    _write_predictions(out / f"predictions_{split}.csv", datamodule.split_indices[split].items, labels, logits,
+                       class_names)
+    OmegaConf.save(OmegaConf.create({"ckpt_path": str(ckpt), "split": split, "data": data}), out / "eval_config.yaml")
+    result["output_dir"] = str(out)
+    result["eval_time_s"] = round(time.perf_counter() - started, 2)
+    write_metrics(out, result, f"metrics_{split}.json")
+    return result
 
-    data = _data_config(run_config, data_config)
-    if batch_size is not None:
-        data["eval_batch_size"] = int(batch_size)
-    if num_workers is not None:
-        data["num_workers"] = int(num_workers)
+
+def _split_datamodule(data: dict[str, Any], run_config: Mapping[str, Any], class_names: Sequence[str], split: str,
+                      model: torch.nn.Module):
+    """The data module of ``data``, set up as the run's (its seed, the model's extra inputs), refused when its
+    classes are not the checkpoint's or it has no ``split``."""
     datamodule = _build_datamodule(data, run_config.get("seed"))
     if list(datamodule.classes) != list(class_names):
         raise EvaluationError(f"the data's classes {_short_list(datamodule.classes)} are not the checkpoint's "
@@ -339,17 +376,14 @@ def evaluate(ckpt_path: str | Path, split: str = "test", data_config: Mapping[st
     if not datamodule.has_split(split):
         available = ", ".join(datamodule.split_indices) or "none"
         raise EvaluationError(f"the data has no {split!r} split (available splits: {available})")
-    datamodule.request_features(getattr(model, "input_features", ()), run_config.get("model"))
-    dataset = datamodule.dataset(split)
-    eval_batch = datamodule.eval_batch_size
-    loader = torch.utils.data.DataLoader(dataset, batch_size=eval_batch, shuffle=False,
-                                         num_workers=datamodule.num_workers,
-                                         pin_memory=device.type == "cuda")
-    out = Path(output_dir) if output_dir else run_dir_of(ckpt) / f"eval_{split}"
-    out.mkdir(parents=True, exist_ok=True)
-    log.info("Evaluating %s on the %s split (%d images, batch %d) on %s", ckpt, split, len(dataset), eval_batch,
-             device)
+    datamodule.request_features(input_features(model), run_config.get("model"))
+    return datamodule
 
+
+def predict_split(model: torch.nn.Module, loader: Any, device: torch.device, channels_last: bool,
+                  split: str) -> tuple[torch.Tensor, torch.Tensor, Any, float]:
+    """The logits and labels of every batch of ``loader`` (on the CPU), the first batch of inputs (on the
+    device, for the timings) and the loop's wall seconds. Resets CUDA's peak-memory counter first."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     all_logits, all_labels = [], []
@@ -365,31 +399,29 @@ def evaluate(ckpt_path: str | Path, split: str = "test", data_config: Mapping[st
     loop_time = time.perf_counter() - loop_started
     if not all_logits:
         raise EvaluationError(f"the {split} split is empty")
-    logits, labels = torch.cat(all_logits), torch.cat(all_labels)
+    return torch.cat(all_logits), torch.cat(all_labels), first_batch, loop_time
 
-    metrics = classification_metrics(logits, labels, class_names)
-    curves = metrics.pop("_roc_curves")
-    single = first_batch[:1] if not isinstance(first_batch, dict) else {k: v[:1] for k, v in first_batch.items()}
+
+def measure_speed(model: torch.nn.Module, batch: Any, device: torch.device, latency_runs: int,
+                  throughput_runs: int, num_samples: int, loop_time: float) -> dict[str, Any]:
+    """Batch-1 latency and full-batch throughput on ``batch``, the evaluation loop's images/s and the
+    peak GPU memory (CUDA only) since :func:`predict_split` began."""
+    single = batch[:1] if not isinstance(batch, dict) else {k: v[:1] for k, v in batch.items()}
     latency = measure_latency(model, single, device, runs=latency_runs)
-    throughput = measure_batch_throughput(model, first_batch, device, runs=throughput_runs)
+    throughput = measure_batch_throughput(model, batch, device, runs=throughput_runs)
     peak = torch.cuda.max_memory_allocated(device) / 1024**2 if device.type == "cuda" else None
-
-    result: dict[str, Any] = {
-        "checkpoint": str(ckpt),
-        "run_dir": str(run_dir_of(ckpt)),
-        "split": split,
-        "model_name": (run_config.get("model") or {}).get("name"),
-        "num_classes": len(class_names),
-        "classes": list(class_names),
-        **metrics,
+    return {
         "latency_ms": latency,
         "throughput_img_s": throughput,
-        "throughput_batch_size": _batch_len(first_batch),
-        "end_to_end_img_s": round(len(labels) / loop_time, 1) if loop_time > 0 else None,
+        "throughput_batch_size": _batch_len(batch),
+        "end_to_end_img_s": round(num_samples / loop_time, 1) if loop_time > 0 else None,
         "peak_gpu_memory_mb": None if peak is None else round(peak, 1),
-        "device": str(device),
-        "torch": torch.__version__,
     }
+
+
+def write_reports(out: Path, metrics: Mapping[str, Any], curves: Mapping[str, Mapping[str, list[float]]],
+                  class_names: Sequence[str]) -> None:
+    """``classification_report.txt``/``.json``, the confusion matrices (counts, row-normalised) and the ROC curves."""
     text, report = classification_report(metrics)
     (out / "classification_report.txt").write_text(text)
     (out / "classification_report.json").write_text(json.dumps(report, indent=2))
@@ -397,13 +429,6 @@ def evaluate(ckpt_path: str | Path, split: str = "test", data_config: Mapping[st
     plot_confusion(matrix, class_names, out / "confusion_matrix.png", normalized=False)
     plot_confusion(matrix, class_names, out / "confusion_matrix_normalized.png", normalized=True)
     plot_roc(curves, metrics, out / "roc_curves.png")
-    _write_predictions(out / f"predictions_{split}.csv", datamodule.split_indices[split].items, labels, logits,
-                       class_names)
-    OmegaConf.save(OmegaConf.create({"ckpt_path": str(ckpt), "split": split, "data": data}), out / "eval_config.yaml")
-    result["output_dir"] = str(out)
-    result["eval_time_s"] = round(time.perf_counter() - started, 2)
-    (out / f"metrics_{split}.json").write_text(json.dumps(result, indent=2, default=_json_default))
-    return result
 
 
 def _write_predictions(path: Path, items: Sequence[str], labels: torch.Tensor, logits: torch.Tensor,
@@ -415,12 +440,6 @@ def _write_predictions(path: Path, items: Sequence[str], labels: torch.Tensor, l
         writer.writerow(["item", "label", "predicted", "confidence", "correct"])
         for item, true, pred, conf in zip(items, labels.tolist(), predicted.tolist(), confidence.tolist()):
             writer.writerow([item, class_names[true], class_names[pred], f"{conf:.6f}", int(true == pred)])
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (np.generic, torch.Tensor)):
-        return value.item()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 def _short_list(names: Sequence[str], limit: int = 6) -> str:

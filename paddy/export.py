@@ -50,10 +50,10 @@ import json
 import logging
 import platform
 import statistics
-import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +65,8 @@ from torch import nn
 
 import paddy  # noqa: F401  (sets the offline environment before albumentations is imported)
 from paddy.config import TRUSTED_TARGETS, config_dir
-from paddy.errors import PaddyError, first_line, reported
+from paddy.errors import PaddyError, SettingError, first_line, reported
+from paddy.model_inputs import feature_extractors, feature_settings, input_features
 from paddy.utils.checkpoints import CheckpointError, load_trained_model, resolve_checkpoint, run_dir_of
 from paddy.utils.runtime import logs_muted, time_steps
 
@@ -89,25 +90,6 @@ class ExportError(PaddyError):
 # ---------------------------------------------------------------------------------------------- inputs
 
 
-def input_names(model: nn.Module) -> list[str]:
-    """The ONNX input names: ``images`` and the model's extra per-sample features (``dct``)."""
-    return ["images", *getattr(model, "input_features", ())]
-
-
-def feature_extractors(model: nn.Module, options: Mapping[str, Any] | None = None) -> dict[str, Callable]:
-    """The extractors of the model's extra inputs, set up as training did (``options[name]``: ``model.dct``)."""
-    from paddy.data.features import FEATURE_EXTRACTORS
-
-    extractors = {}
-    for name in getattr(model, "input_features", ()):
-        if name not in FEATURE_EXTRACTORS:
-            raise ExportError(f"the model takes an input feature {name!r} that paddy cannot compute "
-                              f"(known: {', '.join(FEATURE_EXTRACTORS)})")
-        kwargs = {k: v for k, v in dict((options or {}).get(name) or {}).items() if k in ("block", "size", "normalize")}
-        extractors[name] = FEATURE_EXTRACTORS[name](**kwargs)
-    return extractors
-
-
 def sample_inputs(batch: int, image_size: int, mean: Sequence[float], std: Sequence[float],
                   extractors: Mapping[str, Callable], rng: np.random.Generator) -> dict[str, np.ndarray]:
     """``batch`` random 0-255 RGB images, normalised as the run's eval transform does, and their features."""
@@ -118,6 +100,41 @@ def sample_inputs(batch: int, image_size: int, mean: Sequence[float], std: Seque
     for name, extract in extractors.items():
         inputs[name] = np.stack([np.asarray(extract(image), dtype=np.float32) for image in pixels])
     return inputs
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What an image goes through before the exported model: the run's eval transform (side ``image_size``,
+    ``mean``/``std`` normalisation) and the extractors of the model's extra inputs."""
+
+    image_size: int
+    mean: Sequence[float]
+    std: Sequence[float]
+    extractors: Mapping[str, Callable]
+    eval_transforms: Mapping[str, Any]
+
+    def sample(self, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """:func:`sample_inputs` of this preprocessing."""
+        return sample_inputs(batch, self.image_size, self.mean, self.std, self.extractors, rng)
+
+    def check_note(self, seed: int) -> str:
+        """What :meth:`sample` gives, for ``export.json``'s parity section."""
+        return f"random 0-255 RGB images (seed {seed}), normalised with mean/std" + (
+            f", and their {', '.join(self.extractors)} features" if self.extractors else "")
+
+    def describe(self) -> dict[str, Any]:
+        """``export.json``'s ``preprocessing`` section."""
+        return {"image_size": self.image_size, "mean": [float(m) for m in self.mean],
+                "std": [float(s) for s in self.std], "eval_transforms": dict(self.eval_transforms),
+                "features": feature_settings(self.extractors)}
+
+    def metadata(self) -> dict[str, str]:
+        """The ONNX files' ``metadata_props`` entries that tell a deployment how to prepare an image."""
+        return {"image_size": str(self.image_size), "mean": json.dumps([float(m) for m in self.mean]),
+                "std": json.dumps([float(s) for s in self.std]),
+                "input_layout": "images: N x 3 x H x W float32, RGB, (pixel / 255 - mean) / std",
+                "eval_transforms": json.dumps(dict(self.eval_transforms)),
+                "features": json.dumps(feature_settings(self.extractors))}
 
 
 def _torch_forward(model: nn.Module, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -187,13 +204,6 @@ def _describe_io(values: Sequence[Any]) -> list[dict[str, Any]]:
             for v in values]
 
 
-def _feature_settings(extractors: Mapping[str, Callable]) -> dict[str, dict[str, Any]]:
-    """``{"dct": {"extractor": "paddy.data.features.DCTFeatures", "block": 32, "size": 64, "normalize": true}}``."""
-    return {name: {"extractor": f"{type(e).__module__}.{type(e).__qualname__}",
-                   **{k: getattr(e, k) for k in ("block", "size", "normalize") if hasattr(e, k)}}
-            for name, e in extractors.items()}
-
-
 def _session(path: Path, threads: int):
     import onnxruntime as ort
 
@@ -215,7 +225,6 @@ def _ort_run(session: Any, inputs: Mapping[str, np.ndarray], what: str) -> np.nd
         batch = len(inputs["images"])
         raise ExportError(f"ONNX Runtime cannot run the {what} model at batch {batch} "
                           f"(is the batch axis not dynamic?): {first_line(err)}") from err
-
 
 # ---------------------------------------------------------------------------------------------- quantize
 
@@ -256,7 +265,7 @@ def quantize_onnx(source: Path, target: Path, op_types: Sequence[str] | None = N
     return dict(sorted(counts.items()))
 
 
-# ---------------------------------------------------------------------------------------------- timing
+# ---------------------------------------------------------------------------------------------- numbers
 
 
 def _percentile(values: Sequence[float], q: float) -> float:
@@ -268,54 +277,11 @@ def _file_mb(path: Path) -> float:
     return round(path.stat().st_size / 1024**2, 3)
 
 
-# ---------------------------------------------------------------------------------------------- export
+# ---------------------------------------------------------------------------------------------- steps
 
 
-def export_model(model: nn.Module, output_dir: str | Path, *, class_names: Sequence[str] | None = None,
-                 image_size: int = 224, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                 feature_options: Mapping[str, Any] | None = None, eval_transforms: Mapping[str, Any] | None = None,
-                 exporter: str = "dynamo", opset: int | None = None, atol: float = DEFAULT_ATOL,
-                 batch_sizes: Sequence[int] = (1, 16), quantize: bool = False,
-                 quantize_ops: Sequence[str] | None = None,
-                 quantize_weight_type: str = "qint8", quantize_per_channel: bool = False, latency_runs: int = 50,
-                 warmup_runs: int = 5, throughput_runs: int = 5, threads: int | None = None, seed: int = 0,
-                 source: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Export a network to ONNX (CPU, eval, fp32, dynamic batch), check it against PyTorch and time both.
-
-    Works on any paddy network (``paddy.create_model(...)`` or a trained run's); see the module
-    docstring for what is checked and written.
-
-    Args:
-        model: the network; exported as is (its weights), on the CPU in eval mode.
-        output_dir: where ``model.onnx``, ``model.int8.onnx``, ``labels.txt`` and ``export.json`` go.
-        class_names: names in logit order (default ``0 .. classes-1``).
-        image_size, mean, std: the model's input side and normalisation (for the check inputs and the
-            metadata).
-        feature_options: the extra inputs' extractor settings (a run's ``model`` section: ``dct.block``, ...).
-        eval_transforms: the run's ``data.transforms.eval`` (metadata only).
-        exporter: ``dynamo`` (``torch.export``-based) or ``torchscript`` (the legacy tracer).
-        opset: ONNX opset (``None``: the exporter's default).
-        atol: the largest absolute logit difference between PyTorch and ONNX Runtime allowed.
-        batch_sizes: batch sizes checked (at least one besides 1 shows the batch axis is dynamic); the
-            largest is also the throughput batch.
-        quantize, quantize_ops, quantize_weight_type, quantize_per_channel: write ``model.int8.onnx``
-            with ``quantize_dynamic`` (``quantize_ops=None``: every op type ONNX Runtime quantizes).
-        latency_runs, warmup_runs, throughput_runs: timed rounds (0 skips that measurement).
-        threads: CPU threads of PyTorch and ONNX Runtime (``None``: ``torch.get_num_threads()``).
-        seed: seed of the random check inputs.
-        source: extra keys for ``export.json`` (the checkpoint, run directory, model name, ...).
-
-    Returns:
-        The contents of ``export.json``.
-
-    Raises:
-        ExportError: a bad option, an export or ONNX Runtime failure, or a parity difference above
-            ``atol`` (then the files are written first, for inspection).
-    """
-    import onnx
-    import onnxruntime as ort
-
-    started = time.perf_counter()
+def _checked_options(exporter: str, batch_sizes: Sequence[int], atol: float, image_size: int) -> list[int]:
+    """Refuse an option out of range before anything is written; returns the distinct batch sizes, ascending."""
     if exporter not in EXPORTERS:
         raise ExportError(f"exporter={exporter!r} (expected one of: {', '.join(EXPORTERS)})")
     sizes = sorted({int(b) for b in batch_sizes})
@@ -325,154 +291,247 @@ def export_model(model: nn.Module, output_dir: str | Path, *, class_names: Seque
         raise ExportError(f"atol={atol} (expected a positive number)")
     if int(image_size) < 1:
         raise ExportError(f"image_size={image_size} (expected a positive integer)")
-    threads = int(threads) if threads else torch.get_num_threads()
-    model = model.float().to("cpu").eval()
-    names = input_names(model)
-    extractors = feature_extractors(model, feature_options)
-    rng = np.random.default_rng(seed)
-    example = sample_inputs(EXAMPLE_BATCH, int(image_size), mean, std, extractors, rng)
+    return sizes
+
+
+def _label_names(model: nn.Module, example: Mapping[str, np.ndarray], class_names: Sequence[str] | None) -> list[str]:
+    """The class names in logit order, checked against the logits the model gives on ``example``
+    (``0 .. classes-1`` when none are given); an :class:`ExportError` where the model does not run."""
     try:
         reference = _torch_forward(model, example)
     except Exception as err:
-        raise ExportError(f"the model does not run on {image_size}-px inputs {names}: {first_line(err)}") from err
+        size = example["images"].shape[-1]
+        raise ExportError(f"the model does not run on {size}-px inputs {list(example)}: {first_line(err)}") from err
     num_classes = int(reference.shape[1])
-    class_names = [str(c) for c in class_names] if class_names else [str(i) for i in range(num_classes)]
-    if len(class_names) != num_classes:
-        raise ExportError(f"{len(class_names)} class names for a model with {num_classes} outputs")
+    names = [str(c) for c in class_names] if class_names else [str(i) for i in range(num_classes)]
+    if len(names) != num_classes:
+        raise ExportError(f"{len(names)} class names for a model with {num_classes} outputs")
+    return names
 
+
+def _fresh_output_dir(output_dir: str | Path) -> Path:
+    """``output_dir``, created, without the ONNX files of an earlier export."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    onnx_path, int8_path = out / MODEL_FILE, out / INT8_FILE
-    for stale in (onnx_path, int8_path):
+    for stale in (out / MODEL_FILE, out / INT8_FILE):
         stale.unlink(missing_ok=True)
-    log.info("Exporting to %s (%s exporter, %d px, inputs %s)", onnx_path, exporter, image_size, ", ".join(names))
-    previous_threads = torch.get_num_threads()
+    return out
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int) -> Iterator[None]:
+    """PyTorch's CPU thread count set to ``threads`` for the block, then restored."""
+    previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        export_started = time.perf_counter()
-        try:
-            _torch_to_onnx(model, example, onnx_path, exporter, opset)
-        except Exception as err:
-            other = EXPORTERS[1 - EXPORTERS.index(exporter)]
-            cause = f"; {first_line(err.__cause__)}" if err.__cause__ is not None else ""
-            raise ExportError(f"torch.onnx.export ({exporter} exporter) failed: {first_line(err)}{cause} "
-                              f"(try exporter={other})") from err
-        export_seconds = time.perf_counter() - export_started
-        metadata = {
-            "class_names": json.dumps(class_names), "image_size": str(int(image_size)),
-            "mean": json.dumps([float(m) for m in mean]), "std": json.dumps([float(s) for s in std]),
-            "input_layout": "images: N x 3 x H x W float32, RGB, (pixel / 255 - mean) / std",
-            "eval_transforms": json.dumps(eval_transforms or {}),
-            "features": json.dumps(_feature_settings(extractors)),
-            "paddy_version": str(paddy.__version__),
-            **({"model_name": str(source["model_name"])} if source and source.get("model_name") else {}),
-        }
-        doc = f"paddy export: logits over {num_classes} classes; see metadata_props for preprocessing"
-        _add_metadata(onnx_path, metadata, doc)
-        proto = onnx.load(str(onnx_path), load_external_data=False)
-        try:
-            onnx.checker.check_model(str(onnx_path))
-        except Exception as err:
-            raise ExportError(f"{onnx_path}: the ONNX checker rejects it ({first_line(err)})") from err
-        opset_used = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
-        batch_dims = [i.type.tensor_type.shape.dim[0] for i in proto.graph.input if i.name in names]
-        if not batch_dims or not all(d.dim_param for d in batch_dims):
-            other = EXPORTERS[1 - EXPORTERS.index(exporter)]
-            raise ExportError(f"{onnx_path}: the exported batch axis is fixed, not dynamic "
-                              f"({[d.dim_value for d in batch_dims]}); try exporter={other}")
-
-        session = _session(onnx_path, threads)
-        checks: dict[int, dict[str, np.ndarray]] = {
-            b: sample_inputs(b, int(image_size), mean, std, extractors, rng) for b in sizes}
-        torch_logits = {b: _torch_forward(model, x) for b, x in checks.items()}
-        ort_logits = {b: _ort_run(session, x, "fp32") for b, x in checks.items()}
-        for b, logits in ort_logits.items():
-            if logits.shape != (b, num_classes):
-                raise ExportError(f"ONNX Runtime gives logits of shape {logits.shape} at batch {b} "
-                                  f"(expected {(b, num_classes)})")
-        per_batch = {b: float(np.abs(ort_logits[b] - torch_logits[b]).max()) for b in sizes}
-        max_diff = max(per_batch.values())
-        all_torch = np.concatenate([torch_logits[b] for b in sizes])
-        parity = {
-            "atol": float(atol), "max_abs_diff": max_diff, "ok": bool(max_diff <= atol),
-            "max_abs_diff_per_batch": {str(b): d for b, d in per_batch.items()},
-            "max_abs_logit": float(np.abs(all_torch).max()),
-            "top1_agreement": float(np.mean(np.concatenate([ort_logits[b] for b in sizes]).argmax(1)
-                                            == all_torch.argmax(1))),
-            "samples": int(sum(sizes)),
-            "inputs": f"random 0-255 RGB images (seed {seed}), normalised with mean/std"
-                      + (f", and their {', '.join(extractors)} features" if extractors else ""),
-        }
-
-        int8: dict[str, Any] | None = None
-        int8_session = None
-        if quantize:
-            log.info("Quantizing to %s (dynamic int8)", int8_path)
-            nodes = quantize_onnx(onnx_path, int8_path, quantize_ops, quantize_weight_type, quantize_per_channel)
-            _add_metadata(int8_path, {**metadata, "quantization": f"dynamic int8 ({quantize_weight_type} weights)"},
-                          doc)
-            int8_session = _session(int8_path, threads)
-            int8_logits = {b: _ort_run(int8_session, x, "int8") for b, x in checks.items()}
-            all_int8 = np.concatenate([int8_logits[b] for b in sizes])
-            int8 = {
-                "file": str(int8_path), "size_mb": _file_mb(int8_path),
-                "size_ratio": round(int8_path.stat().st_size / onnx_path.stat().st_size, 4),
-                "weight_type": quantize_weight_type, "per_channel": bool(quantize_per_channel),
-                "op_types": list(quantize_ops) if quantize_ops else "onnxruntime default", "integer_nodes": nodes,
-                "max_abs_diff_vs_torch": float(np.abs(all_int8 - all_torch).max()),
-                "top1_agreement": float(np.mean(all_int8.argmax(1) == all_torch.argmax(1))),
-                "samples": int(len(all_torch)),
-            }
-
-        one = sample_inputs(1, int(image_size), mean, std, extractors, rng)
-        big = checks[sizes[-1]]
-        backends: dict[str, tuple[Callable, Callable]] = {
-            "pytorch": (lambda: _torch_forward(model, one), lambda: _torch_forward(model, big)),
-            "onnxruntime": (lambda: session.run(["logits"], one), lambda: session.run(["logits"], big)),
-        }
-        if int8_session is not None:
-            backends["onnxruntime_int8"] = (lambda: int8_session.run(["logits"], one),
-                                            lambda: int8_session.run(["logits"], big))
-        latency: dict[str, Any] = {"batch_size": 1, "runs": int(latency_runs), "warmup": int(warmup_runs),
-                                   "threads": threads}
-        throughput: dict[str, Any] = {"batch_size": sizes[-1], "runs": int(throughput_runs)}
-        for name, (single, batched) in backends.items():  # one backend at a time: their thread pools never compete
-            if latency_runs > 0:
-                ms = [t * 1000 for t in time_steps(single, int(latency_runs), int(warmup_runs))]
-                latency[name] = {"median_ms": round(statistics.median(ms), 3), "p90_ms": round(_percentile(ms, 0.9), 3)}
-            if throughput_runs > 0:
-                median = statistics.median(time_steps(batched, int(throughput_runs), min(int(warmup_runs), 1)))
-                throughput[name] = round(sizes[-1] / median, 1) if median > 0 else None
+        yield
     finally:
-        torch.set_num_threads(previous_threads)
+        torch.set_num_threads(previous)
 
-    (out / "labels.txt").write_text("".join(f"{name}\n" for name in class_names))
-    result: dict[str, Any] = {
-        "format": "onnx",
-        **dict(source or {}),
-        "num_classes": num_classes,
-        "classes": class_names,
-        "onnx": {"file": str(onnx_path), "size_mb": _file_mb(onnx_path), "opset": opset_used, "exporter": exporter,
-                 "export_time_s": round(export_seconds, 2), "inputs": _describe_io(session.get_inputs()),
-                 "outputs": _describe_io(session.get_outputs()), "dynamic_batch": True},
-        "preprocessing": {"image_size": int(image_size), "mean": [float(m) for m in mean],
-                          "std": [float(s) for s in std], "eval_transforms": dict(eval_transforms or {}),
-                          "features": _feature_settings(extractors)},
-        "parity": parity,
-        "int8": int8,
-        "latency_ms": latency,
-        "throughput_img_s": throughput,
-        "device": f"cpu ({platform.processor() or platform.machine()}), {threads} threads",
-        "versions": _versions(ort.__version__, onnx.__version__),
-        "output_dir": str(out),
-        "labels_file": str(out / "labels.txt"),
-        "total_time_s": round(time.perf_counter() - started, 2),
+
+def _onnx_metadata(class_names: Sequence[str], preprocessing: Preprocessing,
+                   source: Mapping[str, Any] | None) -> tuple[dict[str, str], str]:
+    """The ``metadata_props`` of the exported files (class names, preprocessing, paddy version, model
+    name) and their ``doc_string``."""
+    metadata = {"class_names": json.dumps(list(class_names)), **preprocessing.metadata(),
+                "paddy_version": str(paddy.__version__),
+                **({"model_name": str(source["model_name"])} if source and source.get("model_name") else {})}
+    return metadata, f"paddy export: logits over {len(class_names)} classes; see metadata_props for preprocessing"
+
+
+def write_onnx(model: nn.Module, example: Mapping[str, np.ndarray], path: Path, exporter: str, opset: int | None,
+               metadata: Mapping[str, str], doc: str, threads: int) -> tuple[dict[str, Any], Any]:
+    """Export ``model`` to ``path`` with ``metadata``, check the file (ONNX checker, dynamic batch axis) and
+    load it in ONNX Runtime: ``export.json``'s ``onnx`` section and the session."""
+    import onnx
+
+    started = time.perf_counter()
+    try:
+        _torch_to_onnx(model, example, path, exporter, opset)
+    except Exception as err:
+        other = EXPORTERS[1 - EXPORTERS.index(exporter)]
+        cause = f"; {first_line(err.__cause__)}" if err.__cause__ is not None else ""
+        raise ExportError(f"torch.onnx.export ({exporter} exporter) failed: {first_line(err)}{cause} "
+                          f"(try exporter={other})") from err
+    seconds = time.perf_counter() - started
+    _add_metadata(path, metadata, doc)
+    proto = onnx.load(str(path), load_external_data=False)
+    try:
+        onnx.checker.check_model(str(path))
+    except Exception as err:
+        raise ExportError(f"{path}: the ONNX checker rejects it ({first_line(err)})") from err
+    batch_dims = [i.type.tensor_type.shape.dim[0] for i in proto.graph.input if i.name in example]
+    if not batch_dims or not all(d.dim_param for d in batch_dims):
+        other = EXPORTERS[1 - EXPORTERS.index(exporter)]
+        raise ExportError(f"{path}: the exported batch axis is fixed, not dynamic "
+                          f"({[d.dim_value for d in batch_dims]}); try exporter={other}")
+    session = _session(path, threads)
+    opset_used = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    return {"file": str(path), "size_mb": _file_mb(path), "opset": opset_used, "exporter": exporter,
+            "export_time_s": round(seconds, 2), "inputs": _describe_io(session.get_inputs()),
+            "outputs": _describe_io(session.get_outputs()), "dynamic_batch": True}, session
+
+
+def check_parity(model: nn.Module, session: Any, checks: Mapping[int, Mapping[str, np.ndarray]], atol: float,
+                 inputs_note: str) -> tuple[dict[str, Any], np.ndarray]:
+    """PyTorch's and ONNX Runtime's logits on the ``checks`` inputs (per batch size): ``export.json``'s
+    ``parity`` section, and PyTorch's logits of all of them (the reference of the int8 model)."""
+    torch_logits = {b: _torch_forward(model, x) for b, x in checks.items()}
+    ort_logits = {b: _ort_run(session, x, "fp32") for b, x in checks.items()}
+    num_classes = next(iter(torch_logits.values())).shape[1]
+    for b, logits in ort_logits.items():
+        if logits.shape != (b, num_classes):
+            raise ExportError(f"ONNX Runtime gives logits of shape {logits.shape} at batch {b} "
+                              f"(expected {(b, num_classes)})")
+    per_batch = {b: float(np.abs(ort_logits[b] - torch_logits[b]).max()) for b in checks}
+    max_diff = max(per_batch.values())
+    all_torch = np.concatenate(list(torch_logits.values()))
+    parity = {
+        "atol": float(atol), "max_abs_diff": max_diff, "ok": bool(max_diff <= atol),
+        "max_abs_diff_per_batch": {str(b): d for b, d in per_batch.items()},
+        "max_abs_logit": float(np.abs(all_torch).max()),
+        "top1_agreement": float(np.mean(np.concatenate(list(ort_logits.values())).argmax(1) == all_torch.argmax(1))),
+        "samples": int(sum(checks)),
+        "inputs": inputs_note,
     }
+    return parity, all_torch
+
+
+def quantize_and_compare(onnx_path: Path, metadata: Mapping[str, str], doc: str,
+                         checks: Mapping[int, Mapping[str, np.ndarray]], reference: np.ndarray, threads: int,
+                         op_types: Sequence[str] | None, weight_type: str, per_channel: bool) -> tuple[dict, Any]:
+    """``model.int8.onnx`` next to ``onnx_path`` (dynamic int8, with the fp32 file's metadata) and its
+    ONNX Runtime session; ``export.json``'s ``int8`` section compares its logits with ``reference``."""
+    int8_path = onnx_path.with_name(INT8_FILE)
+    log.info("Quantizing to %s (dynamic int8)", int8_path)
+    nodes = quantize_onnx(onnx_path, int8_path, op_types, weight_type, per_channel)
+    _add_metadata(int8_path, {**metadata, "quantization": f"dynamic int8 ({weight_type} weights)"}, doc)
+    session = _session(int8_path, threads)
+    logits = np.concatenate([_ort_run(session, x, "int8") for x in checks.values()])
+    int8 = {
+        "file": str(int8_path), "size_mb": _file_mb(int8_path),
+        "size_ratio": round(int8_path.stat().st_size / onnx_path.stat().st_size, 4),
+        "weight_type": weight_type, "per_channel": bool(per_channel),
+        "op_types": list(op_types) if op_types else "onnxruntime default", "integer_nodes": nodes,
+        "max_abs_diff_vs_torch": float(np.abs(logits - reference).max()),
+        "top1_agreement": float(np.mean(logits.argmax(1) == reference.argmax(1))),
+        "samples": int(len(reference)),
+    }
+    return int8, session
+
+
+def time_backends(backends: Mapping[str, tuple[Callable, Callable]], batch_size: int, threads: int,
+                  latency_runs: int, warmup_runs: int, throughput_runs: int) -> tuple[dict, dict]:
+    """Batch-1 latency (median, p90 ms) and images/s at ``batch_size`` of each backend's (single, batched)
+    forward, one backend at a time: ``export.json``'s ``latency_ms`` and ``throughput_img_s``."""
+    latency: dict[str, Any] = {"batch_size": 1, "runs": int(latency_runs), "warmup": int(warmup_runs),
+                               "threads": threads}
+    throughput: dict[str, Any] = {"batch_size": batch_size, "runs": int(throughput_runs)}
+    for name, (single, batched) in backends.items():  # one backend at a time: their thread pools never compete
+        if latency_runs > 0:
+            ms = [t * 1000 for t in time_steps(single, int(latency_runs), int(warmup_runs))]
+            latency[name] = {"median_ms": round(statistics.median(ms), 3), "p90_ms": round(_percentile(ms, 0.9), 3)}
+        if throughput_runs > 0:
+            median = statistics.median(time_steps(batched, int(throughput_runs), min(int(warmup_runs), 1)))
+            throughput[name] = round(batch_size / median, 1) if median > 0 else None
+    return latency, throughput
+
+
+def _backends(model: nn.Module, session: Any, int8_session: Any | None, one: Mapping[str, np.ndarray],
+              big: Mapping[str, np.ndarray]) -> dict[str, tuple[Callable, Callable]]:
+    """The (batch 1, large batch) forward passes of PyTorch, ONNX Runtime fp32 and, when there is one, int8."""
+    backends: dict[str, tuple[Callable, Callable]] = {
+        "pytorch": (lambda: _torch_forward(model, one), lambda: _torch_forward(model, big)),
+        "onnxruntime": (lambda: session.run(["logits"], one), lambda: session.run(["logits"], big)),
+    }
+    if int8_session is not None:
+        backends["onnxruntime_int8"] = (lambda: int8_session.run(["logits"], one),
+                                        lambda: int8_session.run(["logits"], big))
+    return backends
+
+
+def _parity_error(parity: Mapping[str, Any], out: Path) -> ExportError:
+    """The error of a parity difference above ``atol`` (the files stay for inspection)."""
+    per_batch = ", ".join(f"{b}: {d:.3g}" for b, d in parity["max_abs_diff_per_batch"].items())
+    return ExportError(f"ONNX Runtime's logits differ from PyTorch's by {parity['max_abs_diff']:.3g} > "
+                       f"atol={parity['atol']:g} (per batch size: {per_batch}); the files are kept in {out} "
+                       "for inspection")
+
+
+def write_export_files(out: Path, result: dict[str, Any], threads: int, started: float) -> dict[str, Any]:
+    """``labels.txt`` and ``export.json`` (``result`` and the machine, versions, files and time taken)."""
+    import onnx
+    import onnxruntime as ort
+
+    (out / "labels.txt").write_text("".join(f"{name}\n" for name in result["classes"]))
+    result = {**result, "device": f"cpu ({platform.processor() or platform.machine()}), {threads} threads",
+              "versions": _versions(ort.__version__, onnx.__version__), "output_dir": str(out),
+              "labels_file": str(out / "labels.txt"), "total_time_s": round(time.perf_counter() - started, 2)}
     (out / "export.json").write_text(json.dumps(result, indent=2, default=str))
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- export
+
+
+def export_model(model: nn.Module, output_dir: str | Path, *, class_names: Sequence[str] | None = None,
+                 image_size: int = 224, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                 feature_options: Mapping[str, Any] | None = None, eval_transforms: Mapping[str, Any] | None = None,
+                 exporter: str = "dynamo", opset: int | None = None, atol: float = DEFAULT_ATOL, seed: int = 0,
+                 batch_sizes: Sequence[int] = (1, 16), quantize: bool = False, latency_runs: int = 50,
+                 quantize_ops: Sequence[str] | None = None, quantize_weight_type: str = "qint8",
+                 quantize_per_channel: bool = False, warmup_runs: int = 5, throughput_runs: int = 5,
+                 threads: int | None = None, source: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Export a network to ONNX (CPU, eval, fp32, dynamic batch), check it against PyTorch and time both.
+
+    Works on any paddy network (``paddy.create_model(...)`` or a trained run's); the module docstring
+    says what is checked and written into ``output_dir``. Returns the contents of ``export.json``; raises
+    :class:`ExportError` for a bad option, a failed export or ONNX Runtime run, or a parity difference
+    above ``atol`` (after the files are written, for inspection).
+
+    Args:
+        model: exported as is (its weights), on the CPU in eval mode.
+        class_names: names in logit order (default ``0 .. classes-1``).
+        image_size, mean, std, feature_options, eval_transforms: the run's input side, normalisation,
+            extra-input settings (its ``model`` section: ``dct.block``, ...) and ``data.transforms.eval``.
+        exporter, opset: ``dynamo`` (``torch.export``-based) or ``torchscript`` (the legacy tracer); the
+            ONNX opset (``None``: the exporter's default).
+        atol, batch_sizes: the largest absolute logit difference allowed between PyTorch and ONNX Runtime
+            at each batch size checked (one besides 1 shows a dynamic batch axis; the largest is timed too).
+        quantize, quantize_ops, quantize_weight_type, quantize_per_channel: also ``model.int8.onnx`` by
+            ``quantize_dynamic`` (``quantize_ops=None``: every op type ONNX Runtime quantizes).
+        latency_runs, warmup_runs, throughput_runs, threads: timed rounds (0 skips that measurement); CPU
+            threads of PyTorch and ONNX Runtime (``None``: ``torch.get_num_threads()``).
+        seed, source: the check inputs' seed; extra keys for ``export.json`` (checkpoint, run dir, ...).
+    """
+    started = time.perf_counter()
+    sizes = _checked_options(exporter, batch_sizes, atol, image_size)
+    threads = int(threads) if threads else torch.get_num_threads()
+    model = model.float().to("cpu").eval()
+    extractors = feature_extractors(input_features(model), feature_options)
+    preprocessing = Preprocessing(int(image_size), mean, std, extractors, dict(eval_transforms or {}))
+    rng = np.random.default_rng(seed)
+    example = preprocessing.sample(EXAMPLE_BATCH, rng)
+    class_names = _label_names(model, example, class_names)
+    out = _fresh_output_dir(output_dir)
+    log.info("Exporting to %s (%s exporter, %d px, inputs %s)", out / MODEL_FILE, exporter, image_size,
+             ", ".join(example))
+    metadata, doc = _onnx_metadata(class_names, preprocessing, source)
+    with _torch_threads(threads):
+        onnx_file, session = write_onnx(model, example, out / MODEL_FILE, exporter, opset, metadata, doc, threads)
+        checks = {b: preprocessing.sample(b, rng) for b in sizes}
+        parity, reference = check_parity(model, session, checks, atol, preprocessing.check_note(seed))
+        int8, int8_session = quantize_and_compare(out / MODEL_FILE, metadata, doc, checks, reference, threads,
+                                                  quantize_ops, quantize_weight_type,
+                                                  quantize_per_channel) if quantize else (None, None)
+        backends = _backends(model, session, int8_session, preprocessing.sample(1, rng), checks[sizes[-1]])
+        latency, throughput = time_backends(backends, sizes[-1], threads, latency_runs, warmup_runs, throughput_runs)
+    result = {"format": "onnx", **dict(source or {}), "num_classes": len(class_names), "classes": class_names,
+              "onnx": onnx_file, "preprocessing": preprocessing.describe(), "parity": parity, "int8": int8,
+              "latency_ms": latency, "throughput_img_s": throughput}
+    result = write_export_files(out, result, threads, started)
     if not parity["ok"]:
-        raise ExportError(f"ONNX Runtime's logits differ from PyTorch's by {max_diff:.3g} > atol={atol:g} "
-                          f"(per batch size: {', '.join(f'{b}: {d:.3g}' for b, d in per_batch.items())}); "
-                          f"the files are kept in {out} for inspection")
+        raise _parity_error(parity, out)
     return result
 
 
@@ -571,8 +630,10 @@ def format_summary(result: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-@hydra.main(config_path=str(config_dir()), config_name="export", execution_whitelist=list(TRUSTED_TARGETS))
-def main(cfg: DictConfig) -> None:
+def cli_options(cfg: DictConfig) -> dict[str, Any]:
+    """:func:`export`'s options from ``python -m paddy.export``'s config (conf/export.yaml and the command
+    line); a :class:`~paddy.errors.SettingError` for a value of the wrong type (``atol=abc``, ``batch_sizes=[x]``)."""
+
     def listed(value: Any) -> list[Any] | None:
         if value is None:
             return None
@@ -597,15 +658,19 @@ def main(cfg: DictConfig) -> None:
         if options["threads"] is not None:
             options["threads"] = int(options["threads"])
     except (TypeError, ValueError) as err:  # atol=abc, batch_sizes=[x], ...
-        log.error("bad option: %s", first_line(err))
-        sys.exit(2)
-    if OmegaConf.is_missing(cfg, "ckpt_path"):
-        log.error("ckpt_path is required: python -m paddy.export ckpt_path=<run dir or .ckpt> [format=onnx]")
-        sys.exit(2)
+        raise SettingError(f"bad option: {first_line(err)}") from err
+    return options
+
+
+@hydra.main(config_path=str(config_dir()), config_name="export", execution_whitelist=list(TRUSTED_TARGETS))
+def main(cfg: DictConfig) -> None:
     with reported(log):
+        options = cli_options(cfg)
+        if OmegaConf.is_missing(cfg, "ckpt_path"):
+            raise SettingError("ckpt_path is required: python -m paddy.export ckpt_path=<run dir or .ckpt> "
+                               "[format=onnx]")
         result = export(cfg.ckpt_path, format=cfg.get("format", "onnx"), **options)
     print(format_summary(result))
-
 
 if __name__ == "__main__":
     main()

@@ -4,7 +4,7 @@
     cfg.backbone + cfg.attention + cfg.model -> nn.Module
     cfg.optimizer + cfg.scheduler -> ClassificationTask
     cfg.trainer + cfg.callbacks + cfg.logger -> lightning.Trainer
-    fit -> test the best checkpoint -> metrics.json -> metrics returned (the sweeper reads one)
+    fit -> test the best checkpoint -> metrics.json (paddy.artifacts) -> metrics returned (the sweeper reads one)
 """
 
 from __future__ import annotations
@@ -23,17 +23,19 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from paddy.artifacts import train_metrics, write_metrics
 from paddy.config import instantiate
 from paddy.data.datamodule import ImageDataModule
 from paddy.errors import PaddyError
+from paddy.model_inputs import input_features
 from paddy.models.factory import ModelConfigError, build_model
 from paddy.settings import check_settings, check_writable
-from paddy.tasks.callbacks import HISTORY_METRICS, EpochSeed, RunHistory, SlurmRequeue
+from paddy.tasks.callbacks import EpochSeed, RunHistory, SlurmRequeue
 from paddy.tasks.classification import ClassificationTask
 from paddy.tasks.ema import EMAWeights
 from paddy.tasks.freeze import FreezeSchedule
 from paddy.tasks.guard import NonFiniteLossGuard
-from paddy.utils.artifacts import best_epoch_summary, measure_throughput, model_size, write_json
+from paddy.utils.artifacts import measure_throughput, model_size
 from paddy.utils.checkpoints import CheckpointError, check_state_dict, model_weights, read_checkpoint
 from paddy.utils.runtime import gpu_trainer_defaults, logs_muted, resolve_channels_last, resolve_precision, uses_gpu
 
@@ -167,107 +169,110 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> d
     ``extra_callbacks`` join the configured ones (for instruments such as the throughput benchmark's
     step timer). Returns the final metrics (the contents of ``metrics.json``).
     """
-    _quiet_logging()
-    if rank_zero_only.rank > 0:  # the other DDP processes: warnings and errors only, no copies of rank 0's log
-        log.setLevel(logging.WARNING)
     started = time.perf_counter()
-    check_settings(cfg)
-    output_dir = Path(cfg.paths.output_dir)
-    check_writable(output_dir, "the run directory")
-    if cfg.get("seed") is not None:
-        L.seed_everything(cfg.seed, workers=True, verbose=False)
-    backbone_cfg = OmegaConf.to_container(cfg.backbone, resolve=True)
-    attention_cfg = OmegaConf.to_container(cfg.attention, resolve=True)
-    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    # Build once with a stand-in class count: a bad model config (or a missing weights file, or
-    # pretrained weights that cannot be had) fails before any data is read.
-    with logs_muted("paddy.models"):
-        try:
-            build_model(2, backbone_cfg, attention_cfg, model_cfg)
-        except PaddyError:
-            raise
-        except ValueError as err:
-            raise ModelConfigError(f"model config: {err}") from err
+    output_dir = start_run(cfg)
+    parts = model_parts(cfg)
     trusted = bool(cfg.get("trust_checkpoint", False))
     ckpt_path = resolve_resume(cfg.get("ckpt_path"), cfg.get("resume"), output_dir)
 
     log.info("Data: %s", cfg.data.source._target_.rsplit(".", 1)[-1])
     datamodule = build_datamodule(cfg)
-
-    net = build_model(datamodule.num_classes, backbone_cfg, attention_cfg, model_cfg)
-    datamodule.request_features(getattr(net, "input_features", ()), model_cfg)
-    num_params, size_mb = model_size(net)
-    log.info("Model: %s = %s + attention %s (%.2f M parameters) for %d classes", model_cfg.get("name"),
-             backbone_cfg["name"], attention_cfg.get("name", "none"), num_params / 1e6, datamodule.num_classes)
+    net, size = build_network(datamodule, *parts)
     trainer_options = trainer_settings(cfg)
     task = build_task(cfg, net, list(datamodule.classes), uses_gpu(trainer_options.get("accelerator")))
     history = RunHistory(output_dir)
     trainer = build_trainer(cfg, trainer_options, [history, *(extra_callbacks or [])])
-    checkpoint = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
-    if checkpoint is not None and checkpoint.dirpath:
-        check_writable(checkpoint.dirpath, "the checkpoint folder")
+    checkpoint = checkpoint_callback(trainer)
     if ckpt_path is not None:
         check_resumable(ckpt_path, task, trusted)
 
     log.info("Training for at most %s epochs; run directory: %s", trainer.max_epochs, output_dir)
     trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=not trusted)
     fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-
-    best_path = checkpoint.best_model_path if checkpoint is not None else ""
-    test_metrics: dict[str, float] = {}
-    if cfg.get("test", True) and datamodule.has_split("test"):
-        # Loading the best checkpoint for testing also restores callback state (an older history).
-        finished_history = copy.deepcopy(history.history)
-        results = trainer.test(task, datamodule=datamodule, ckpt_path=best_path or None, verbose=False,
-                               weights_only=not trusted)
-        test_metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
-        history.history = finished_history
-
-    fps = None
-    if datamodule.has_split("val") and trainer.is_global_zero:
-        fps = measure_throughput(task.model, datamodule.val_dataloader(), trainer.strategy.root_device)
-    summary = best_epoch_summary(history.history, *_monitored(checkpoint))
-    metrics = {
-        "model_name": model_cfg.get("name"),
-        "backbone": backbone_cfg.get("name"),
-        "attention": attention_cfg.get("name", "none"),
-        "dataset": datamodule.index.name if datamodule.index else None,
-        "num_classes": datamodule.num_classes,
-        "classes": list(datamodule.classes),
-        "split_sizes": {k: len(v) for k, v in datamodule.split_indices.items()},
-        **summary,
-        "val_acc_best": fit_metrics.get("val/acc_best"),
-        "val_f1_best": fit_metrics.get("val/f1_best"),
-        "epochs_run": len(history.history["epoch"]),
-        "epoch_times": history.history["epoch_time"],
-        "fps": fps,
-        "num_params": num_params,
-        "size_mb": round(size_mb, 3),
-        "ckpt_path": best_path or None,
-        "last_ckpt_path": _existing(Path(checkpoint.dirpath) / "last.ckpt") if checkpoint and checkpoint.dirpath
-        else None,
-        "precision": str(trainer_options.get("precision")),
-        "device": "cuda" if trainer.strategy.root_device.type == "cuda" else trainer.strategy.root_device.type,
-        "total_time_s": round(time.perf_counter() - started, 1),
-    }
-    if test_metrics:
-        metrics.update({"test_acc": test_metrics.get("test/acc"), "test_loss": test_metrics.get("test/loss"),
-                        "test_f1": test_metrics.get("test/f1")})
-    for key in ("precision_macro", "recall_macro", "f1_weighted", "precision_weighted", "recall_weighted"):
-        if f"test/{key}" in test_metrics:
-            metrics[f"test_{key}"] = test_metrics[f"test/{key}"]
-    # "val": the last validation epoch; "test": the best checkpoint on the test split.
-    metrics["confusion_matrix"] = {s: m.tolist() for s, m in task.last_confusion.items()}
-    metrics["f1_per_class"] = {s: dict(zip(metrics["classes"], v.tolist())) for s, v in task.last_f1_class.items()}
-    metrics["optimized_metric"] = cfg.get("optimized_metric")
-    metrics["optimized_value"] = _metric_value(cfg.get("optimized_metric"), {**fit_metrics, **test_metrics})
+    test_metrics = best_checkpoint_test(cfg, trainer, task, datamodule, history, checkpoint, trusted)
+    metrics = train_metrics(cfg, datamodule, task, trainer, history=history.history, checkpoint=checkpoint,
+                            fit=fit_metrics, test=test_metrics, fps=validation_fps(trainer, task, datamodule),
+                            size=size, precision=trainer_options.get("precision"),
+                            optimized_value=_metric_value(cfg.get("optimized_metric"), {**fit_metrics, **test_metrics}),
+                            started=started)
     if not trainer.is_global_zero:
         return metrics
-    write_json(output_dir / "metrics.json", metrics)
+    write_metrics(output_dir, metrics)
     log.info("Done in %.0f s: best val acc %s (epoch %s), test acc %s. Artifacts in %s",
              metrics["total_time_s"], _fmt(metrics.get("valid_acc")), metrics.get("best_epoch"),
              _fmt(metrics.get("test_acc")), output_dir)
     return metrics
+
+
+def start_run(cfg: DictConfig) -> Path:
+    """What comes before anything is built: one line per log message (warnings only on other DDP ranks),
+    the settings and the run directory checked, every generator seeded. Returns the run directory."""
+    _quiet_logging()
+    if rank_zero_only.rank > 0:  # the other DDP processes: warnings and errors only, no copies of rank 0's log
+        log.setLevel(logging.WARNING)
+    check_settings(cfg)
+    output_dir = Path(cfg.paths.output_dir)
+    check_writable(output_dir, "the run directory")
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+    return output_dir
+
+
+def model_parts(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """``cfg.backbone``, ``cfg.attention`` and ``cfg.model`` as dicts, checked by building the network once
+    with a stand-in class count: a bad model config (or a missing weights file, or pretrained weights that
+    cannot be had) fails before any data is read."""
+    parts = tuple(OmegaConf.to_container(cfg[key], resolve=True) for key in ("backbone", "attention", "model"))
+    with logs_muted("paddy.models"):
+        try:
+            build_model(2, *parts)
+        except PaddyError:
+            raise  # ModelConfigError, PretrainedWeightsError, ...: their message already names the setting
+        except ValueError as err:  # a check in the model code or in timm
+            raise ModelConfigError(f"model config: {err}") from err
+    return parts
+
+
+def build_network(datamodule: ImageDataModule, backbone_cfg: dict[str, Any], attention_cfg: dict[str, Any],
+                  model_cfg: dict[str, Any]) -> tuple[torch.nn.Module, tuple[int, float]]:
+    """The run's network for the data's classes (the data module set up to compute the extra inputs it
+    takes) and its size: (parameters, MB)."""
+    net = build_model(datamodule.num_classes, backbone_cfg, attention_cfg, model_cfg)
+    datamodule.request_features(input_features(net), model_cfg)
+    num_params, size_mb = model_size(net)
+    log.info("Model: %s = %s + attention %s (%.2f M parameters) for %d classes", model_cfg.get("name"),
+             backbone_cfg["name"], attention_cfg.get("name", "none"), num_params / 1e6, datamodule.num_classes)
+    return net, (num_params, size_mb)
+
+
+def checkpoint_callback(trainer: L.Trainer) -> ModelCheckpoint | None:
+    """The trainer's :class:`ModelCheckpoint` (None without one), its folder checked to be writable."""
+    checkpoint = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
+    if checkpoint is not None and checkpoint.dirpath:
+        check_writable(checkpoint.dirpath, "the checkpoint folder")
+    return checkpoint
+
+
+def best_checkpoint_test(cfg: DictConfig, trainer: L.Trainer, task: ClassificationTask, datamodule: ImageDataModule,
+                         history: RunHistory, checkpoint: ModelCheckpoint | None, trusted: bool) -> dict[str, float]:
+    """Test the best checkpoint on the test split (unless ``test=false`` or there is no test split);
+    returns the logged test metrics ({} when not tested)."""
+    if not (cfg.get("test", True) and datamodule.has_split("test")):
+        return {}
+    best_path = checkpoint.best_model_path if checkpoint is not None else ""
+    # Loading the best checkpoint for testing also restores callback state (an older history).
+    finished_history = copy.deepcopy(history.history)
+    results = trainer.test(task, datamodule=datamodule, ckpt_path=best_path or None, verbose=False,
+                           weights_only=not trusted)
+    history.history = finished_history
+    return {k: float(v) for k, v in (results[0] if results else {}).items()}
+
+
+def validation_fps(trainer: L.Trainer, task: ClassificationTask, datamodule: ImageDataModule) -> float | None:
+    """Inference images/s of the trained network on validation batches (rank 0 only; None without a val split)."""
+    if datamodule.has_split("val") and trainer.is_global_zero:
+        return measure_throughput(task.model, datamodule.val_dataloader(), trainer.strategy.root_device)
+    return None
 
 
 def resolve_resume(ckpt_path: str | None, resume: str | None, output_dir: Path) -> str | None:
@@ -306,15 +311,8 @@ def check_resumable(ckpt_path: str, task: ClassificationTask, trusted: bool) -> 
         raise RunConfigError(f"ckpt_path: {err} (resume needs a checkpoint of this run's model and classes)") from None
 
 
-def _monitored(checkpoint: ModelCheckpoint | None) -> tuple[str, str]:
-    """The history series and mode the best checkpoint is chosen by, so metrics.json names its epoch."""
-    if checkpoint is None or not checkpoint.monitor:
-        return "valid_acc", "max"
-    series = {name: key for key, name in HISTORY_METRICS.items()}.get(checkpoint.monitor, "valid_acc")
-    return series, checkpoint.mode
-
-
 def _metric_value(name: str | None, values: dict[str, float]) -> float | None:
+    """The value of ``optimized_metric`` (what a sweep optimizes) among the logged metrics."""
     if not name:
         return None
     if name not in values:
@@ -322,13 +320,10 @@ def _metric_value(name: str | None, values: dict[str, float]) -> float | None:
     return float(values[name])
 
 
-def _existing(path: Path) -> str | None:
-    return str(path) if path.exists() else None
-
-
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-__all__ = ["RunConfigError", "build_datamodule", "build_task", "build_trainer", "resolve_resume",
-           "resumable_checkpoints", "train", "trainer_settings"]
+__all__ = ["RunConfigError", "best_checkpoint_test", "build_datamodule", "build_network", "build_task", "build_trainer",
+           "checkpoint_callback", "model_parts", "resolve_resume", "resumable_checkpoints", "start_run", "train",
+           "trainer_settings", "validation_fps"]

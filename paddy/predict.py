@@ -41,7 +41,8 @@ import paddy  # noqa: F401  (sets the offline environment before albumentations 
 from paddy.config import TRUSTED_TARGETS, config_dir
 from paddy.data.imageio import IMAGE_SUFFIXES, ImageDecodeError, check_image_file, read_image
 from paddy.errors import PaddyError, reported
-from paddy.utils.checkpoints import CheckpointError, load_trained_model
+from paddy.model_inputs import feature_extractors, features_of, input_features
+from paddy.utils.checkpoints import load_trained_model
 
 log = logging.getLogger("paddy")
 
@@ -121,11 +122,10 @@ class _ImageFiles(Dataset):
             if problem:
                 return i, None, None, None, problem
             image = read_image(path)
-            extras = {name: torch.from_numpy(extract(image)) for name, extract in self.features.items()}
+            extras = features_of(image, self.features)
             mirrored = None
             if self.tta and self.features:
-                flipped = np.ascontiguousarray(image[:, ::-1])
-                mirrored = {name: torch.from_numpy(extract(flipped)) for name, extract in self.features.items()}
+                mirrored = features_of(np.ascontiguousarray(image[:, ::-1]), self.features)
             tensor = self.transform(image=image)["image"]
         except ImageDecodeError as err:
             return i, None, None, None, str(err).split(": ", 1)[-1]
@@ -136,20 +136,6 @@ class _ImageFiles(Dataset):
 
 def _as_list(batch: list) -> list:
     return batch
-
-
-def _feature_extractors(model: torch.nn.Module, model_cfg: dict | None) -> dict[str, Any]:
-    """The extra inputs the model takes (as :meth:`ImageDataModule.request_features` builds them)."""
-    from paddy.data.features import FEATURE_EXTRACTORS
-
-    extractors = {}
-    for name in getattr(model, "input_features", ()):
-        if name not in FEATURE_EXTRACTORS:
-            raise CheckpointError(f"the model asks for unknown input feature {name!r}")
-        options = {k: v for k, v in dict((model_cfg or {}).get(name) or {}).items()
-                   if k in ("block", "size", "normalize")}
-        extractors[name] = FEATURE_EXTRACTORS[name](**options)
-    return extractors
 
 
 def _probabilities(model: torch.nn.Module, images: torch.Tensor, extras: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -175,7 +161,7 @@ def predict(ckpt_path: str | Path, inputs: Sequence[str | Path], tta: bool = Fal
     data = config.get("data") or {}
     transform = build_transform((data.get("transforms") or {}).get("eval"), data.get("mean") or IMAGENET_MEAN,
                                 data.get("std") or IMAGENET_STD)
-    features = _feature_extractors(model, config.get("model"))
+    features = feature_extractors(input_features(model), config.get("model"))
     k = max(1, min(int(topk), len(class_names)))
     paths = [Path(str(p)) for p in inputs]
     results: list[dict[str, Any]] = [{} for _ in paths]

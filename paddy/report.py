@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 import os
 import re
@@ -31,7 +30,8 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from paddy.errors import PaddyError
+from paddy.artifacts import METRICS_FILE, UnreadableArtifact, read_history, read_metrics
+from paddy.errors import PaddyError, exit_status
 
 # Leaderboard columns (CSV keys, in order) and their Markdown headers.
 COLUMNS = {
@@ -121,6 +121,7 @@ class Run:
 
 
 def load_run(path: Path) -> Run:
+    """A run folder's config, overrides, history and metrics (or why it is incomplete)."""
     run = Run(path)
     hydra_dir = path / ".hydra"
     if (hydra_dir / "config.yaml").is_file():
@@ -130,31 +131,16 @@ def load_run(path: Path) -> Run:
         except Exception:  # noqa: BLE001 - a broken config only loses the hparam columns
             run.config = None
     run.overrides = read_overrides(hydra_dir / "overrides.yaml")
-    history_file = path / "history.json"
-    if history_file.is_file():
-        try:
-            history = json.loads(history_file.read_text())
-            run.history = history if isinstance(history, dict) else None
-        except (OSError, ValueError):
-            run.history = None
-    metrics_file = path / "metrics.json"
-    if not metrics_file.is_file():
-        reason = "metrics.json missing (still running, interrupted or failed)"
+    run.history = read_history(path)
+    try:
+        run.metrics = read_metrics(path)
+    except UnreadableArtifact as err:
+        run.problem = str(err)
+        return run
+    if run.metrics is None:
+        reason = f"{METRICS_FILE} missing (still running, interrupted or failed)"
         error = last_error(path / "train.log")
         run.problem = f"{reason}; train.log: {error}" if error else reason
-        return run
-    try:
-        metrics = json.loads(metrics_file.read_text())
-    except (OSError, UnicodeDecodeError) as err:
-        run.problem = f"metrics.json unreadable: {err}"
-        return run
-    except ValueError as err:
-        run.problem = f"metrics.json corrupt: {err}"
-        return run
-    if not isinstance(metrics, dict):
-        run.problem = f"metrics.json corrupt: a JSON {type(metrics).__name__}, not an object"
-        return run
-    run.metrics = metrics
     return run
 
 
@@ -224,7 +210,7 @@ def find_dirs(root: Path) -> tuple[list[Path], list[Path]]:
         here = Path(current)
         if is_sweep_dir(here):
             sweeps.append(here)
-        if "metrics.json" in files or (here / ".hydra").is_dir():
+        if METRICS_FILE in files or (here / ".hydra").is_dir():
             runs.append(here)
             dirs[:] = []  # nothing to find inside a run (checkpoints, tensorboard, ...)
             continue
@@ -547,9 +533,21 @@ def sort_trials(trials: list[Trial], direction: str) -> list[Trial]:
     return sorted(trials, key=key)
 
 
-def write_sweep_report(sweep_dir: Path, jobs: list[Run], metric: str, mode: str,
-                       study_name: str | None = None) -> list[Path]:
-    settings = sweep_settings(sweep_dir)
+@dataclass
+class Sweep:
+    """A sweep's trials, best first, the direction they are ranked in and where they came from."""
+
+    trials: list[Trial]
+    direction: str
+    source: str
+    study: Any = None  # the Optuna study, when optuna.db could be read
+    notes: list[str] = field(default_factory=list)
+
+
+def load_sweep(sweep_dir: Path, jobs: list[Run], metric: str, mode: str, study_name: str | None,
+               settings: DictConfig | None) -> Sweep:
+    """The trials of a sweep folder: from the Optuna study in ``optuna.db`` when it can be read, else one
+    per job folder (ranked by ``metric`` in ``mode`` unless ``multirun.yaml`` names a direction)."""
     notes: list[str] = []
     study = None
     db = sweep_dir / "optuna.db"
@@ -573,39 +571,91 @@ def write_sweep_report(sweep_dir: Path, jobs: list[Run], metric: str, mode: str,
         if isinstance(configured, (list, ListConfig)):
             configured = configured[0] if len(configured) else None
         direction = str(configured).lower() if configured else ("maximize" if mode == "max" else "minimize")
-        source = "the job folders (`.hydra/overrides.yaml` + `metrics.json`)"
-    trials = sort_trials(trials, direction)
-    param_names = sorted({p for t in trials for p in t.params})
-    objective = select(settings, "optimized_metric") or next(
+        source = f"the job folders (`.hydra/overrides.yaml` + `{METRICS_FILE}`)"
+    return Sweep(sort_trials(trials, direction), direction, source, study, notes)
+
+
+def sweep_objective(settings: DictConfig | None, trials: list[Trial]) -> str:
+    """What the sweep optimized: ``multirun.yaml``'s ``optimized_metric``, else a job's, else ``objective``."""
+    return select(settings, "optimized_metric") or next(
         (t.job.metrics.get("optimized_metric") for t in trials if t.job and t.job.metrics
          and t.job.metrics.get("optimized_metric")), None) or "objective"
 
-    # CSV: every trial, best first.
-    columns = ["number", "state", "value", metric, "test_acc", "duration_s", *param_names, "job", "note"]
+
+def trial_cells(trial: Trial, metric: str, param_names: list[str]) -> list[tuple[str, Any]]:
+    """A trial's row of the CSV and of the Markdown table, as (kind, value) cells: number, state, value,
+    its job's ``metric`` and test accuracy (complete jobs only), duration, parameters, job folder, note."""
+    done = trial.job is not None and trial.job.complete
+    return [("text", trial.number), ("text", trial.state), ("float", trial.value),
+            ("float", trial.job.metric(metric) if done else None),
+            ("float", trial.job.metric("test_acc") if done else None), ("duration", trial.duration_s),
+            *(("text", trial.params.get(p)) for p in param_names),
+            ("text", trial.job.path.name if trial.job else ""), ("text", trial.note)]
+
+
+def csv_cell(kind: str, value: Any) -> Any:
+    """A cell of ``sweep_trials.csv``: the value (durations to 0.1 s), empty for None."""
+    if kind == "duration" and value is not None:
+        return round(value, 1)
+    return blank(value)
+
+
+def markdown_cell(kind: str, value: Any) -> str:
+    """A cell of the report's trials table: 4 decimals, ``1m05s`` durations, ``.4g`` parameters."""
+    if kind == "float":
+        return fmt_float(value)
+    if kind == "duration":
+        return fmt_duration(value)
+    return fmt_value(value)
+
+
+def write_sweep_report(sweep_dir: Path, jobs: list[Run], metric: str, mode: str,
+                       study_name: str | None = None) -> list[Path]:
+    """``sweep_report.md``, ``sweep_trials.csv`` (every trial, best first) and the plots of one sweep
+    folder; returns the files written, the report first."""
+    settings = sweep_settings(sweep_dir)
+    sweep = load_sweep(sweep_dir, jobs, metric, mode, study_name, settings)
+    param_names = sorted({p for t in sweep.trials for p in t.params})
+    objective = sweep_objective(settings, sweep.trials)
+    rows = [trial_cells(t, metric, param_names) for t in sweep.trials]
     csv_path = sweep_dir / "sweep_trials.csv"
     with csv_path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(columns)
-        for t in trials:
-            job_metric = t.job.metric(metric) if t.job and t.job.complete else None
-            test_acc = t.job.metric("test_acc") if t.job and t.job.complete else None
-            writer.writerow([t.number, t.state, blank(t.value), blank(job_metric), blank(test_acc),
-                             blank(round(t.duration_s, 1) if t.duration_s is not None else None),
-                             *(blank(t.params.get(p)) for p in param_names),
-                             t.job.path.name if t.job else "", t.note])
+        writer.writerow(["number", "state", "value", metric, "test_acc", "duration_s", *param_names, "job", "note"])
+        writer.writerows([csv_cell(kind, value) for kind, value in row] for row in rows)
 
+    lines = sweep_summary(sweep_dir, sweep, objective)
+    lines += best_trial_section(sweep.trials, objective, settings, sweep_dir)
+    lines += ["", "## Trials", ""]
+    lines += markdown_table(["trial", "state", "value", metric, "test acc", "duration", *param_names, "job", "note"],
+                            [[markdown_cell(kind, value) for kind, value in row] for row in rows])
+    plot_lines, plots = plots_section(sweep_dir, sweep, objective, param_names)
+    md_path = sweep_dir / "sweep_report.md"
+    md_path.write_text("\n".join(lines + plot_lines).rstrip() + "\n")
+    return [md_path, csv_path, *plots]
+
+
+def sweep_summary(sweep_dir: Path, sweep: Sweep, objective: str) -> list[str]:
+    """The report's opening lines: the folder, where the trials came from and their states, the objective, notes."""
     counts: dict[str, int] = {}
-    for t in trials:
+    for t in sweep.trials:
         counts[t.state] = counts.get(t.state, 0) + 1
     tally = ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items(), key=lambda kv: STATE_ORDER.get(kv[0], 9)))
-    lines = ["# Sweep report", "", f"Sweep folder: `{sweep_dir}`. Trials from {source}: {len(trials)} ({tally}).",
-             f"Objective: `{objective}` ({direction}).", ""]
-    lines += [f"Note: {n}." for n in notes]
-    if notes:
+    lines = ["# Sweep report", "",
+             f"Sweep folder: `{sweep_dir}`. Trials from {sweep.source}: {len(sweep.trials)} ({tally}).",
+             f"Objective: `{objective}` ({sweep.direction}).", ""]
+    lines += [f"Note: {n}." for n in sweep.notes]
+    if sweep.notes:
         lines.append("")
+    return lines
 
+
+def best_trial_section(trials: list[Trial], objective: str, settings: DictConfig | None,
+                       sweep_dir: Path) -> list[str]:
+    """The best complete trial, its parameters and the command that re-runs it, and the sweeper's own
+    summary (``optimization_results.yaml``) when there is one."""
     best = next((t for t in trials if t.state == "COMPLETE" and t.value is not None), None)
-    lines += ["## Best trial", ""]
+    lines = ["## Best trial", ""]
     if best is None:
         lines.append("No trial completed.")
     else:
@@ -617,47 +667,37 @@ def write_sweep_report(sweep_dir: Path, jobs: list[Run], metric: str, mode: str,
     results = read_results(sweep_dir / "optimization_results.yaml")
     if results:
         lines += ["", f"`optimization_results.yaml` (the sweeper's own summary): {results}"]
+    return lines
 
-    lines += ["", "## Trials", ""]
-    header = ["trial", "state", "value", metric, "test acc", "duration", *param_names, "job", "note"]
-    body = []
-    for t in trials:
-        job_metric = t.job.metric(metric) if t.job and t.job.complete else None
-        test_acc = t.job.metric("test_acc") if t.job and t.job.complete else None
-        body.append([str(t.number), t.state, fmt_float(t.value), fmt_float(job_metric), fmt_float(test_acc),
-                     fmt_duration(t.duration_s), *(fmt_value(t.params.get(p)) for p in param_names),
-                     t.job.path.name if t.job else "", t.note])
-    lines += markdown_table(header, body)
 
-    written = [csv_path]
-    lines += ["", "## Plots", ""]
-    complete = [t for t in trials if t.state == "COMPLETE" and t.value is not None]
-    if study is None:
-        lines.append("No plots: they need an Optuna study (`optuna.db`).")
-    elif len(complete) < 2:
-        lines.append(f"No plots: they need at least 2 complete trials ({len(complete)} so far).")
-    else:
-        path = sweep_dir / "optimization_history.png"
-        plot_history(trials, direction, objective, path)
+def plots_section(sweep_dir: Path, sweep: Sweep, objective: str,
+                  param_names: list[str]) -> tuple[list[str], list[Path]]:
+    """The plots of a study with at least 2 complete trials (optimization history, parameter importances,
+    a slice plot per parameter), written into ``sweep_dir``: the report's lines and the files."""
+    lines = ["", "## Plots", ""]
+    complete = [t for t in sweep.trials if t.state == "COMPLETE" and t.value is not None]
+    if sweep.study is None:
+        return [*lines, "No plots: they need an Optuna study (`optuna.db`)."], []
+    if len(complete) < 2:
+        return [*lines, f"No plots: they need at least 2 complete trials ({len(complete)} so far)."], []
+    written = [sweep_dir / "optimization_history.png"]
+    plot_history(sweep.trials, sweep.direction, objective, written[0])
+    lines += ["### Optimization history", "", f"![optimization history]({written[0].name})", ""]
+    lines += ["### Parameter importances", ""]
+    path = sweep_dir / "param_importances.png"
+    note = plot_importances(sweep.study, complete, objective, path)
+    if note is None:
         written.append(path)
-        lines += ["### Optimization history", "", f"![optimization history]({path.name})", ""]
-        lines += ["### Parameter importances", ""]
-        path = sweep_dir / "param_importances.png"
-        note = plot_importances(study, complete, objective, path)
-        if note is None:
+        lines += [f"![parameter importances]({path.name})", ""]
+    else:
+        lines += [f"No plot: {note}.", ""]
+    lines += ["### Slice plots", ""]
+    for name in param_names:
+        path = sweep_dir / f"slice_{safe_name(name)}.png"
+        if plot_slice(complete, name, objective, path):
             written.append(path)
-            lines += [f"![parameter importances]({path.name})", ""]
-        else:
-            lines += [f"No plot: {note}.", ""]
-        lines += ["### Slice plots", ""]
-        for name in param_names:
-            path = sweep_dir / f"slice_{safe_name(name)}.png"
-            if plot_slice(complete, name, objective, path):
-                written.append(path)
-                lines += [f"![{name}]({path.name})", ""]
-    md_path = sweep_dir / "sweep_report.md"
-    md_path.write_text("\n".join(lines).rstrip() + "\n")
-    return [md_path, *written]
+            lines += [f"![{name}]({path.name})", ""]
+    return lines, written
 
 
 def best_command(best: Trial, settings: DictConfig | None) -> str:
@@ -897,14 +937,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="higher or lower is better (auto: min for losses and times, else max)")
     parser.add_argument("--study", default=None, help="the Optuna study in optuna.db (default: the only one)")
     args = parser.parse_args(argv)
-    try:
-        written = report(args.dirs, args.out, args.metric, args.mode, args.study)
-    except PaddyError as err:
-        print(f"paddy.report: {err}", file=sys.stderr)
-        return 2
-    for path in written:
-        print(f"wrote {path}")
-    return 0
+
+    def work() -> int:
+        for path in report(args.dirs, args.out, args.metric, args.mode, args.study):
+            print(f"wrote {path}")
+        return 0
+
+    return exit_status("paddy.report", work)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 
 import paddy  # noqa: F401  (offline environment)
 from paddy.benchmark.common import BenchmarkError, parse_cli
-from paddy.errors import PaddyError
+from paddy.errors import exit_status
 
 
 def _runner(mode: str) -> Callable[..., int]:
@@ -58,12 +58,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(__doc__.strip())
         return 0
     logging.basicConfig(level=logging.WARNING)
-    try:
+
+    def work() -> int:
         mode, options, overrides = parse_cli(argv)
         return int(_runner(mode)(options, overrides, argv) or 0)
-    except PaddyError as err:
-        print(f"paddy.benchmark: {' '.join(str(err).split())}", file=sys.stderr)
-        return 2
+
+    try:
+        return exit_status("paddy.benchmark", work)
     except KeyboardInterrupt:
         print("paddy.benchmark: interrupted", file=sys.stderr)
         return 130

@@ -465,45 +465,9 @@ def run_scaling(options: Mapping[str, str], overrides: Sequence[str], argv: Sequ
     env = environment()
     _busy_cpu_note(env, runs)
     block_steps = max(common["steps"], 10)
-    rows = []
-    for settings in runs:
-        process_warmup(built[0], settings, batch_size, sizes[0], common["num_classes"])
-        for size in sizes:
-            for entry in built:
-                model = entry["model"]
-                channels, h, w = feature_map_shape(model, size)
-                _progress(f"{entry['name']} on {settings.device} at {size} px (feature map {h}x{w}, "
-                          f"batch {batch_size})...")
-                row: dict[str, Any] = {
-                    "image_size": size, "model": entry["name"], "attention": entry["attention"],
-                    "device": str(settings.device), "precision": settings.precision_name, "batch_size": batch_size,
-                    "feature_map": f"{channels}x{h}x{w}", "tokens": h * w}
-                try:
-                    row |= measure_model(model, settings, batch_size, size, common["num_classes"], common["steps"],
-                                         common["warmup"])
-                except BenchmarkError as err:
-                    raise BenchmarkError(f"{entry['name']}: {err}") from None
-                block = getattr(model, "attention", None)
-                if with_block and block is not None and not isinstance(block, nn.Identity):
-                    measured = measure_block(block, (channels, h, w), settings, batch_size, block_steps,
-                                             common["warmup"])
-                    if "note" in measured and row.get("note"):
-                        measured["note"] = f"{row['note']}; {measured['note']}"
-                    row |= measured
-                rows.append(row)
-    rows = [_rounded(row) for row in rows]
-    columns = _columns(SCALING_COLUMNS, runs)
-    if not with_block:
-        columns = {k: v for k, v in columns.items() if not k.startswith("block_")}
-    if any(row.get("note") for row in rows):
-        columns["note"] = "note"
+    rows = [_rounded(row) for row in scaling_rows(built, common, sizes, block_steps if with_block else None)]
     ratios = [_rounded(row, 4) for row in ratio_rows(rows, reference)]
-    ratio_columns = dict(RATIO_COLUMNS)
-    if any(r["peak_train_change_pct"] is not None for r in ratios):
-        ratio_columns = {**{k: v for k, v in RATIO_COLUMNS.items() if k != "old_claim"},
-                         "peak_train_change_pct": "Δ peak training MB (%, CUDA)", "old_claim": "old notes"}
-    if not with_block:
-        ratio_columns = {k: v for k, v in ratio_columns.items() if not k.startswith("block_")}
+    columns, ratio_columns = scaling_columns(rows, ratios, runs, with_block)
     checks = claim_check(ratios)
     meta = _meta("scaling", argv, options, overrides, runs, env)
     stem = result_stem(options["out"], "scaling")
@@ -527,5 +491,60 @@ def run_scaling(options: Mapping[str, str], overrides: Sequence[str], argv: Sequ
     return 0
 
 
+def scaling_rows(built: Sequence[Mapping[str, Any]], common: Mapping[str, Any], sizes: Sequence[int],
+                 block_steps: int | None) -> list[dict[str, Any]]:
+    """One row per device, input size and model (after one process warm-up per device); with ``block_steps``
+    the model's attention block is also measured alone, for that many steps."""
+    rows = []
+    for settings in common["runs"]:
+        process_warmup(built[0], settings, common["batch_size"], sizes[0], common["num_classes"])
+        for size in sizes:
+            for entry in built:
+                rows.append(scaling_row(entry, settings, size, common, block_steps))
+    return rows
+
+
+def scaling_row(entry: Mapping[str, Any], settings: RunSettings, size: int, common: Mapping[str, Any],
+                block_steps: int | None) -> dict[str, Any]:
+    """The measurements of one built model at one input size on one device (see :func:`scaling_rows`)."""
+    model, batch_size = entry["model"], common["batch_size"]
+    channels, h, w = feature_map_shape(model, size)
+    _progress(f"{entry['name']} on {settings.device} at {size} px (feature map {h}x{w}, batch {batch_size})...")
+    row: dict[str, Any] = {
+        "image_size": size, "model": entry["name"], "attention": entry["attention"], "device": str(settings.device),
+        "precision": settings.precision_name, "batch_size": batch_size, "feature_map": f"{channels}x{h}x{w}",
+        "tokens": h * w}
+    try:
+        row |= measure_model(model, settings, batch_size, size, common["num_classes"], common["steps"],
+                             common["warmup"])
+    except BenchmarkError as err:
+        raise BenchmarkError(f"{entry['name']}: {err}") from None
+    block = getattr(model, "attention", None)
+    if block_steps is not None and block is not None and not isinstance(block, nn.Identity):
+        measured = measure_block(block, (channels, h, w), settings, batch_size, block_steps, common["warmup"])
+        if "note" in measured and row.get("note"):
+            measured["note"] = f"{row['note']}; {measured['note']}"
+        row |= measured
+    return row
+
+
+def scaling_columns(rows: Sequence[Mapping[str, Any]], ratios: Sequence[Mapping[str, Any]],
+                    runs: Sequence[RunSettings], with_block: bool) -> tuple[dict[str, str], dict[str, str]]:
+    """The columns of the scaling table and of the ratio table: CUDA peaks where a GPU was measured, the
+    block's only with ``block=true``, a note column where a row has a note."""
+    columns = _columns(SCALING_COLUMNS, runs)
+    if not with_block:
+        columns = {k: v for k, v in columns.items() if not k.startswith("block_")}
+    if any(row.get("note") for row in rows):
+        columns["note"] = "note"
+    ratio_columns = dict(RATIO_COLUMNS)
+    if any(r["peak_train_change_pct"] is not None for r in ratios):
+        ratio_columns = {**{k: v for k, v in RATIO_COLUMNS.items() if k != "old_claim"},
+                         "peak_train_change_pct": "Δ peak training MB (%, CUDA)", "old_claim": "old notes"}
+    if not with_block:
+        ratio_columns = {k: v for k, v in ratio_columns.items() if not k.startswith("block_")}
+    return columns, ratio_columns
+
+
 __all__ = ["OLD_CLAIM", "claim_check", "feature_map_shape", "measure_block", "measure_model", "ratio_rows",
-           "run_models", "run_scaling"]
+           "run_models", "run_scaling", "scaling_columns", "scaling_row", "scaling_rows"]

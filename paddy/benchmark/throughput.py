@@ -36,6 +36,7 @@ import tempfile
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -294,17 +295,37 @@ def _jpeg_overrides(options: Mapping[str, str], settings: Any, root: Path, image
     return result
 
 
-def run(options: dict[str, str], overrides: list[str]) -> int:
-    """The throughput benchmark (see the module docstring); returns the exit status."""
-    import torch
+@dataclass
+class ThroughputPlan:
+    """What one ``mode=throughput`` run measures: the options, parsed and checked, with the device's defaults."""
 
-    command_started = process_started_at()
-    run_started = time.time()
-    devices = resolve_devices(options.get("device") or "auto")
-    device = devices[-1]  # auto: the GPU when there is one
+    model: str
+    image_size: int
+    batch_size: int
+    steps: int
+    warmup: int
+    epochs: int
+    images: int
+    compile_model: bool
+    settings: Any  # paddy.benchmark.common.RunSettings
+    loaders: list[str]
+    cache_state: str
+    parts: list[str]
+    overrides: list[str]  # the command line's Hydra overrides
+    options: dict[str, str]  # every option, the device's defaults filled in
+
+    @property
+    def base_overrides(self) -> list[str]:
+        """The overrides of every config this run composes."""
+        return [*self.overrides] + (["model.compile=true"] if self.compile_model else [])
+
+
+def throughput_plan(options: Mapping[str, str | None], overrides: list[str]) -> ThroughputPlan:
+    """The plan of options (``DEFAULTS_GPU`` or ``DEFAULTS_CPU`` for what is not given); a
+    :class:`BenchmarkError` for a bad value."""
+    device = resolve_devices(options.get("device") or "auto")[-1]  # auto: the GPU when there is one
     defaults = DEFAULTS_GPU if device.type == "cuda" else DEFAULTS_CPU
     opts = {**defaults, **{k: v for k, v in options.items() if v is not None}}
-    model = opts.get("model") or "lite0_ca"
     if len(list_option(opts, "model")) != 1:
         raise BenchmarkError("mode=throughput measures one model per run (model=<name>)")
     image_size, batch_size = int_option(opts, "image_size"), int_option(opts, "batch_size")
@@ -318,66 +339,91 @@ def run(options: dict[str, str], overrides: list[str]) -> int:
     if cache_state not in ("cold", "warm"):
         raise BenchmarkError(f"cache_state={cache_state!r} (expected cold or warm)")
     parts = list_option(opts, "parts") if opts.get("parts") else ["raw", "in_device", "jpeg"]
-    base = [*overrides] + (["model.compile=true"] if compile_model else [])
-    cfg = compose_named(model, base)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    return ThroughputPlan(opts.get("model") or "lite0_ca", image_size, batch_size, steps, warmup, epochs, images,
+                          compile_model, settings, loaders, cache_state, parts, list(overrides), opts)
 
-    rows: list[dict[str, Any]] = []
-    details: dict[str, Any] = {}
+
+def run(options: dict[str, str], overrides: list[str]) -> int:
+    """The throughput benchmark (see the module docstring); returns the exit status."""
+    import torch
+
+    command_started = process_started_at()
+    run_started = time.time()
+    plan = throughput_plan(options, overrides)
+    cfg = compose_named(plan.model, plan.base_overrides)
+    if plan.settings.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
     work = Path(tempfile.mkdtemp(prefix="paddy-throughput-"))
     try:
-        if "raw" in parts:
-            _progress(f"raw PyTorch loop: {model}, batch {batch_size}, {image_size} px, {settings.precision}")
-            rows.append({"measurement": "raw PyTorch loop (in-device data)",
-                         **raw_loop(cfg, settings, batch_size, image_size, steps, warmup, compile_model)})
-        if "in_device" in parts:
-            _progress("paddy LightningModule + Trainer on the same in-device batch")
-            in_cfg = compose_named(model, [*base, *_trainer_overrides(settings)])
-            rows.append({"measurement": "paddy (in-device data)",
-                         **paddy_in_device(in_cfg, settings, batch_size, image_size, steps, warmup, work / "in")})
-        if "jpeg" in parts:
-            root = Path(opts["root"]) if opts.get("root") else _photo_root(images, opts.get("photo_size") or "640x480")
-            for loader in loaders:
-                cache_dir = work / f"cache-{loader}" if cache_state == "cold" else default_cache_dir()
-                jpeg_cfg = compose_named(model, [*base, *_jpeg_overrides(opts, settings, root, image_size, batch_size,
-                                                                          epochs, cache_dir, loader)])
-                _progress(f"paddy from JPEG files ({loader} loader): {root}, {epochs} epochs")
-                result = paddy_jpeg_run(jpeg_cfg, epochs, work / f"jpeg-{loader}")
-                details[f"jpeg_{loader}_epochs"] = result.pop("epochs")
-                label = "fast path" if loader == "fast" else "plain loader: decode + CPU augmentation every epoch"
-                rows.append({"measurement": f"paddy (JPEG files, {label})", **result})
+        rows, details = measure_parts(plan, cfg, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
     _add_ratios(rows)
     import_s = run_started - command_started
     for row in rows:
         if row.get("setup_to_first_step_s") is not None:
             row["command_to_first_step_s"] = import_s + row["setup_to_first_step_s"]
             row["command_wall_s"] = import_s + row["run_wall_s"]
+    paths = write_throughput_results(plan, rows, details, import_s)
+    print(paths[0].read_text())
+    print("wrote " + ", ".join(str(p) for p in paths), file=sys.stderr)
+    return 0
+
+
+def measure_parts(plan: ThroughputPlan, cfg: Any, work: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The rows of the parts the plan asks for (raw loop, paddy in-device, paddy from JPEG files per
+    loader), in that order, and the JPEG runs' per-epoch details; scratch files go under ``work``."""
+    settings, batch_size, image_size = plan.settings, plan.batch_size, plan.image_size
+    rows: list[dict[str, Any]] = []
+    details: dict[str, Any] = {}
+    if "raw" in plan.parts:
+        _progress(f"raw PyTorch loop: {plan.model}, batch {batch_size}, {image_size} px, {settings.precision}")
+        rows.append({"measurement": "raw PyTorch loop (in-device data)",
+                     **raw_loop(cfg, settings, batch_size, image_size, plan.steps, plan.warmup, plan.compile_model)})
+    if "in_device" in plan.parts:
+        _progress("paddy LightningModule + Trainer on the same in-device batch")
+        in_cfg = compose_named(plan.model, [*plan.base_overrides, *_trainer_overrides(settings)])
+        rows.append({"measurement": "paddy (in-device data)",
+                     **paddy_in_device(in_cfg, settings, batch_size, image_size, plan.steps, plan.warmup, work / "in")})
+    if "jpeg" in plan.parts:
+        opts = plan.options
+        root = Path(opts["root"]) if opts.get("root") else _photo_root(plan.images, opts.get("photo_size") or "640x480")
+        for loader in plan.loaders:
+            cache_dir = work / f"cache-{loader}" if plan.cache_state == "cold" else default_cache_dir()
+            jpeg_cfg = compose_named(plan.model, [*plan.base_overrides, *_jpeg_overrides(
+                opts, settings, root, image_size, batch_size, plan.epochs, cache_dir, loader)])
+            _progress(f"paddy from JPEG files ({loader} loader): {root}, {plan.epochs} epochs")
+            result = paddy_jpeg_run(jpeg_cfg, plan.epochs, work / f"jpeg-{loader}")
+            details[f"jpeg_{loader}_epochs"] = result.pop("epochs")
+            label = "fast path" if loader == "fast" else "plain loader: decode + CPU augmentation every epoch"
+            rows.append({"measurement": f"paddy (JPEG files, {label})", **result})
+    return rows, details
+
+
+def write_throughput_results(plan: ThroughputPlan, rows: list[dict[str, Any]], details: dict[str, Any],
+                             import_s: float) -> list[Path]:
+    """``<out>.md/.csv/.json``: the table, the machine, versions and settings, and the JPEG runs' epochs."""
+    settings, epochs = plan.settings, plan.epochs
     meta = {"benchmark": "throughput", "environment": environment(),
-            "settings": {"model": model, "image_size": image_size, "batch_size": batch_size,
+            "settings": {"model": plan.model, "image_size": plan.image_size, "batch_size": plan.batch_size,
                          "precision": settings.precision, "channels_last": settings.channels_last,
-                         "device": str(device), "steps": steps, "warmup": warmup, "epochs": epochs, "images": images,
-                         "compile": compile_model, "cache_state": cache_state, "loaders": loaders,
-                         "overrides": overrides, "imports_s": import_s},
+                         "device": str(settings.device), "steps": plan.steps, "warmup": plan.warmup,
+                         "epochs": epochs, "images": plan.images, "compile": plan.compile_model,
+                         "cache_state": plan.cache_state, "loaders": plan.loaders, "overrides": plan.overrides,
+                         "imports_s": import_s},
             "command": "python -m paddy.benchmark " + " ".join(sys.argv[1:]), "details": details}
     columns = {"measurement": "measurement", "img_s": "train img/s", "ratio": "ratio",
                "first_epoch_img_s": "1st epoch img/s", "command_to_first_step_s": "command -> 1st step (s)",
                "command_wall_s": f"{epochs}-epoch run wall (s)", "val_acc_best": "val acc"}
     formats = {"img_s": ".0f", "first_epoch_img_s": ".0f", "ratio": ".3f", "command_to_first_step_s": ".1f",
                "command_wall_s": ".1f", "val_acc_best": ".3f"}
-    stem = result_stem(opts.get("out") or "benchmarks/results/throughput", "throughput")
-    precision_name = {"32": "fp32", "bf16": "bf16", "16": "fp16"}[settings.precision]
-    title = f"Training throughput: {model}, batch {batch_size}, {image_size} px, {precision_name}, {device.type}"
+    stem = result_stem(plan.options.get("out") or "benchmarks/results/throughput", "throughput")
+    title = (f"Training throughput: {plan.model}, batch {plan.batch_size}, {plan.image_size} px, "
+             f"{settings.precision_name}, {settings.device.type}")
     notes = [f"ratio: paddy in-device / raw loop; JPEG fast path / paddy in-device; plain loader / fast path. "
-             f"JPEG rows: {epochs} epochs with validation every epoch and a final test, cache {cache_state}; "
+             f"JPEG rows: {epochs} epochs with validation every epoch and a final test, cache {plan.cache_state}; "
              f"train img/s = median of the epochs after the first; times include {import_s:.1f} s of imports."]
-    paths = write_results(rows, columns, stem, meta, formats, title=title, notes=notes)
-    print(paths[0].read_text())
-    print("wrote " + ", ".join(str(p) for p in paths), file=sys.stderr)
-    return 0
+    return write_results(rows, columns, stem, meta, formats, title=title, notes=notes)
 
 
 def _trainer_overrides(settings: Any) -> list[str]:
@@ -412,4 +458,5 @@ def _progress(message: str) -> None:
     print(f"[throughput] {message}", file=sys.stderr, flush=True)
 
 
-__all__ = ["SteadyTimer", "paddy_in_device", "paddy_jpeg_run", "raw_loop", "run", "write_photo_set"]
+__all__ = ["SteadyTimer", "ThroughputPlan", "measure_parts", "paddy_in_device", "paddy_jpeg_run", "raw_loop", "run",
+           "throughput_plan", "write_photo_set", "write_throughput_results"]

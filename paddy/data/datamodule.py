@@ -41,6 +41,7 @@ from paddy.data.splits import stratified_split, stratified_subset
 from paddy.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform
 from paddy.data.validation import default_cache_dir, validate_image_files
 from paddy.errors import SettingError
+from paddy.model_inputs import feature_extractors, features_of
 from paddy.settings import MAX_IMAGE_SIZE, optional_positive_int, positive_int, split_fractions
 from paddy.utils.runtime import available_cores, derived_seed
 
@@ -108,7 +109,7 @@ class ImageDataset(Dataset):
         if hasattr(self.transform, "set_random_seed"):
             # albumentations draws from its own generators, which seed_everything does not reach.
             self.transform.set_random_seed(derived_seed(self.seed, epoch, i))
-        extras = {name: torch.from_numpy(extract(image)) for name, extract in self.features.items()}
+        extras = features_of(image, self.features)
         if self.transform is None:
             # Raw pixels for device-side augmentation (see collate_raw).
             return {RAW_KEY: torch.from_numpy(np.ascontiguousarray(image)), **extras}, int(self.labels[i])
@@ -228,6 +229,18 @@ class ImageDataModule(LightningDataModule):
         transforms = dict(transforms or {})
         self.train_transform = build_transform(transforms.get("train"), mean, std)
         self.eval_transform = build_transform(transforms.get("eval"), mean, std)
+        self._set_up_cache(cache_dir, cache, cache_size)
+        self._set_up_gpu_augment(gpu_augment, transforms.get("train"))
+        self.features: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
+        # The training order per epoch: from the run's seed (set by the pipeline) or split_seed.
+        self.shuffle_seed = int(split_seed)
+        self.index: SourceIndex | None = None
+        self.split_indices: dict[str, SourceIndex] = {}
+        self.skipped: list[DataProblem] = []
+
+    def _set_up_cache(self, cache_dir: str | Path | bool | None, cache: str | bool | None,
+                      cache_size: int | None) -> None:
+        """Where the caches live (``cache_dir``; None: off), the decoded-image cache mode and its image side."""
         if cache_dir is False:
             self.cache_dir = None
         else:
@@ -236,18 +249,15 @@ class ImageDataModule(LightningDataModule):
         cache_size = optional_positive_int("data.cache_size", cache_size)
         self.cache_size = cache_size if cache_size is not None else default_short_side(self.image_size)
         self.cache: DecodedImageCache | None = None
+
+    def _set_up_gpu_augment(self, gpu_augment: str | bool | None, train_spec: Mapping | None) -> None:
+        """The device-side augmentation mode; ``true`` fails now if :class:`BatchAugment` cannot run the spec."""
         self.gpu_augment_mode = parse_gpu_augment(gpu_augment)
-        self.train_spec = transforms.get("train")
+        self.train_spec = train_spec
         if self.gpu_augment_mode == "true":
-            BatchAugment(self.train_spec or {}, self.mean, self.std)  # fails now if it cannot run the spec
+            BatchAugment(self.train_spec or {}, self.mean, self.std)
         self._augment: BatchAugment | None = None
         self._augment_state: tuple[int, torch.Generator, random.Random] | None = None
-        self.features: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
-        # The training order per epoch: from the run's seed (set by the pipeline) or split_seed.
-        self.shuffle_seed = int(split_seed)
-        self.index: SourceIndex | None = None
-        self.split_indices: dict[str, SourceIndex] = {}
-        self.skipped: list[DataProblem] = []
 
     # ------------------------------------------------------------------ setup
 
@@ -392,16 +402,7 @@ class ImageDataModule(LightningDataModule):
 
         ``options[name]`` are the extractor's arguments (e.g. ``model.dct = {block: 32, size: 64}``).
         """
-        from paddy.data.features import FEATURE_EXTRACTORS
-
-        self.features = {}
-        for name in names:
-            if name not in FEATURE_EXTRACTORS:
-                raise ValueError(f"the model asks for unknown input feature {name!r} "
-                                 f"(available: {', '.join(FEATURE_EXTRACTORS)})")
-            kwargs = {k: v for k, v in dict((options or {}).get(name) or {}).items()
-                      if k in ("block", "size", "normalize")}
-            self.features[name] = FEATURE_EXTRACTORS[name](**kwargs)
+        self.features = feature_extractors(names, options)
 
     def dataset(self, split: str, raw: bool = False) -> ImageDataset:
         """Split ``split``'s dataset; ``raw``: un-augmented uint8 pixels for device-side augmentation."""
