@@ -32,9 +32,6 @@ from paddy.models.factory import ModelConfigError, build_model
 from paddy.settings import check_settings, check_writable
 from paddy.tasks.callbacks import EpochSeed, RunHistory, SlurmRequeue
 from paddy.tasks.classification import ClassificationTask
-from paddy.tasks.ema import EMAWeights
-from paddy.tasks.freeze import FreezeSchedule
-from paddy.tasks.guard import NonFiniteLossGuard
 from paddy.utils.artifacts import measure_throughput, model_size
 from paddy.utils.checkpoints import CheckpointError, check_state_dict, model_weights, read_checkpoint
 from paddy.utils.runtime import gpu_trainer_defaults, logs_muted, resolve_channels_last, resolve_precision, uses_gpu
@@ -83,26 +80,19 @@ def _instantiate_all(group: DictConfig | None) -> list[Any]:
     return [instantiate(node) for node in group.values() if node is not None and "_target_" in node]
 
 
+RECIPE_CALLBACKS = ("freeze", "ema", "trainer_guard")  # top-level nodes: a callback's _target_ and `enabled`
+
+
 def recipe_callbacks(cfg: DictConfig) -> list[L.Callback]:
-    """The callbacks that top-level keys switch on: ``seed``, ``freeze``, ``ema``, ``trainer_guard``, ``optuna``."""
-    callbacks: list[L.Callback] = []
-    if cfg.get("seed") is not None:
-        callbacks.append(EpochSeed(int(cfg.seed)))
-    freeze = cfg.get("freeze") or {}
-    if freeze.get("backbone"):
-        callbacks.append(FreezeSchedule(backbone=True, unfreeze_epoch=freeze.get("unfreeze_epoch"),
-                                        unfreeze_all_epoch=freeze.get("unfreeze_all_epoch"),
-                                        last_stages=int(freeze.get("last_stages", 1))))
-    ema = cfg.get("ema") or {}
-    if ema.get("enabled"):
-        callbacks.append(EMAWeights(decay=float(ema.get("decay", 0.999))))
-    guard = cfg.get("trainer_guard") or {}
-    if guard.get("enabled", True):
-        every = guard.get("check_every_n_steps")
-        callbacks.append(NonFiniteLossGuard(max_bad_steps=int(guard.get("max_bad_steps", 5)),
-                                            check_every_n_steps=None if every is None else int(every)))
+    """The callbacks of the training recipe: each of :data:`RECIPE_CALLBACKS` names its class by
+    ``_target_`` and is on while its ``enabled`` is; plus the per-epoch seeding (``seed``) and, in a
+    trial of paddy's sweeper, Optuna's pruning (``++optuna={...}``)."""
+    callbacks: list[L.Callback] = [EpochSeed(int(cfg.seed))] if cfg.get("seed") is not None else []
+    for key in RECIPE_CALLBACKS:
+        node = cfg.get(key)
+        if node is not None and "_target_" in node and node.get("enabled", True):
+            callbacks.append(instantiate({k: v for k, v in node.items() if k != "enabled"}))
     if cfg.get("optuna"):
-        # A trial of paddy's Optuna sweeper (++optuna={storage,study_name,trial_number,monitor,pruner}).
         from paddy.tasks.pruning import OptunaPruning
 
         callbacks.append(OptunaPruning(**OmegaConf.to_container(cfg.optuna, resolve=True)))

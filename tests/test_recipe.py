@@ -124,3 +124,16 @@ def test_best_values_survive_a_resume(tmp_path: Path):
 def test_compile_trains(tmp_path: Path):
     metrics = train(tiny(tmp_path, "model.compile=true", "trainer.max_epochs=1"))
     assert metrics["epochs_run"] == 1
+
+
+def test_recipe_callbacks_are_named_by_target_and_follow_their_switches():
+    from paddy.pipeline import recipe_callbacks
+
+    def names(*overrides: str) -> list[str]:
+        return [type(c).__name__ for c in recipe_callbacks(compose_config(list(overrides)))]
+
+    assert names() == ["EpochSeed", "NonFiniteLossGuard"]
+    assert names("freeze.backbone=true", "ema.enabled=true", "trainer_guard.enabled=false", "seed=null") == [
+        "FreezeSchedule", "EMAWeights"]
+    freeze = recipe_callbacks(compose_config(["freeze.backbone=true", "freeze.unfreeze_epoch=3"]))[1]
+    assert freeze.unfreeze_epoch == 3
