@@ -47,6 +47,19 @@ def instantiate(node: Any, **kwargs: Any) -> Any:
     return hydra_instantiate(node, _execution_whitelist_=list(TRUSTED_TARGETS), **kwargs)
 
 
+def trusted_callable(target: str, what: str, error: type[Exception] | None = None) -> Any:
+    """The class or function ``target`` names, if the trusted targets allow it; otherwise ``error`` (a
+    PaddyError by default) saying so for ``what`` (``"attention 'gc'"``) in one line."""
+    from paddy.errors import PaddyError
+
+    try:
+        return instantiate({"_target_": target, "_partial_": True}).func
+    except Exception as err:  # noqa: BLE001 - Hydra's refusal or an import error, in one line
+        reason = " ".join(str(err).split())
+        raise (error or PaddyError)(f"{what}: cannot use _target_ {target!r} ({reason}); one of your own needs its "
+                                    f"package importable and trusted: {TRUSTED_ENV}='mypkg.*'") from err
+
+
 def shipped_target(group: str, name: str) -> str:
     """The ``_target_`` of paddy's ``conf/<group>/<name>.yaml``, for configs saved before that group named
     its class (their ``name`` says which file); a name paddy does not ship is a PaddyError listing those."""

@@ -38,7 +38,7 @@ def test_unknown_backbone_is_a_clear_error():
 def test_backbone_named_by_target():
     default = build_model(3, {**TINY, "_target_": "paddy.models.backbone.create_backbone"})
     assert default.backbone.num_features == build_model(3, TINY).backbone.num_features
-    with pytest.raises(ValueError, match=r"backbone._target_='os.system': cannot use it .*PADDY_TRUSTED_TARGETS"):
+    with pytest.raises(ValueError, match=r"backbone: cannot use _target_ 'os.system' .*PADDY_TRUSTED_TARGETS"):
         build_model(3, {**TINY, "_target_": "os.system"})
     with pytest.raises(ValueError, match=r"attention.placement=blocks needs a timm backbone"):
         build_model(3, {**TINY, "_target_": "torch.nn.Identity"},

@@ -20,6 +20,7 @@ from typing import Any
 
 from torch import nn
 
+from paddy.config import trusted_callable
 from paddy.errors import PaddyError
 from paddy.models.attention import PLACEMENTS, AttentionSpec, attention_spec
 from paddy.models.backbone import create_backbone, load_backbone_weights
@@ -117,14 +118,7 @@ def _backbone_factory(target: str | None) -> Any:
     :func:`~paddy.models.backbone.create_backbone`; one of your own among the trusted targets)."""
     if target is None or target == "paddy.models.backbone.create_backbone":
         return create_backbone
-    from paddy.config import TRUSTED_ENV, instantiate
-
-    try:
-        return instantiate({"_target_": target, "_partial_": True}).func
-    except Exception as err:  # noqa: BLE001 - Hydra's refusal or an import error, in one line
-        raise ModelConfigError(f"backbone._target_={target!r}: cannot use it ({' '.join(str(err).split())}); "
-                               f"a backbone of your own needs its package importable and trusted: "
-                               f"{TRUSTED_ENV}='mypkg.*'") from err
+    return trusted_callable(target, "backbone", ModelConfigError)
 
 
 def _backbone(backbone: dict[str, Any], spec: AttentionSpec) -> tuple[nn.Module, bool]:
@@ -184,15 +178,8 @@ def _recipe(model_options: dict[str, Any]) -> Any:
     """The function ``model._target_`` names (:func:`classifier`, :func:`dct_fusion`, or a trusted one of
     your own taking the backbone, num_classes, the head-placed attention and ``model.*`` options it
     names); a config saved before ``_target_`` names it by ``kind``."""
-    from paddy.config import TRUSTED_ENV, instantiate
-
     target = model_options.get("_target_") or f"{__name__}.{model_options.get('kind') or 'classifier'}"
-    try:
-        return instantiate({"_target_": target, "_partial_": True}).func
-    except Exception as err:  # noqa: BLE001 - Hydra's refusal or an import error, in one line
-        raise ModelConfigError(f"model._target_={target!r}: cannot use it ({' '.join(str(err).split())}); "
-                               f"a recipe of your own needs its package importable and trusted: "
-                               f"{TRUSTED_ENV}='mypkg.*'") from err
+    return trusted_callable(target, "model", ModelConfigError)
 
 
 def build_model(num_classes: int, backbone: dict[str, Any], attention: dict[str, Any] | None = None,

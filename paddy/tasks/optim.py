@@ -61,15 +61,9 @@ def fused_available(optimizer_class: type[torch.optim.Optimizer], params: Iterab
 def optimizer_class(target: str | None, name: str = "adamw") -> type[torch.optim.Optimizer]:
     """The optimizer class ``_target_`` names (``torch.optim.AdamW``, or a class of your own among the
     trusted targets); without one (a config saved by an older paddy), that of ``conf/optimizer/<name>``."""
-    from paddy.config import TRUSTED_ENV, instantiate, shipped_target
+    from paddy.config import shipped_target, trusted_callable
 
-    target = target or shipped_target("optimizer", name)
-    try:
-        return instantiate({"_target_": target, "_partial_": True}).func
-    except Exception as err:  # noqa: BLE001 - Hydra's refusal or an import error, in one line
-        reason = " ".join(str(err).split())
-        raise PaddyError(f"optimizer {name!r}: cannot use _target_ {target!r} ({reason}); an optimizer of your own "
-                         f"needs its package importable and trusted: {TRUSTED_ENV}='mypkg.*'") from err
+    return trusted_callable(target or shipped_target("optimizer", name), f"optimizer {name!r}")
 
 
 def create_optimizer(model: nn.Module, name: str = "adamw", lr: float = 1e-3, head_lr: float | None = None,
@@ -142,11 +136,11 @@ def create_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, name: s
     :func:`step`, :func:`plateau`, or one of your own among the trusted targets: it takes the optimizer
     and its options, and may take ``total_steps`` and ``steps_per_epoch``), or None for ``none``
     (``_target_: null``). Without ``_target_`` (a config saved by an older paddy): ``conf/scheduler/<name>``."""
-    from paddy.config import instantiate, shipped_target
+    from paddy.config import shipped_target, trusted_callable
 
     if name == "none" and _target_ is None:
         return None
-    factory = instantiate({"_target_": _target_ or shipped_target("scheduler", name), "_partial_": True}).func
+    factory = trusted_callable(_target_ or shipped_target("scheduler", name), f"scheduler {name!r}")
     accepted = inspect.signature(factory).parameters
     run = {"total_steps": total_steps, "steps_per_epoch": steps_per_epoch}
     try:

@@ -83,7 +83,7 @@ def attention_spec(attention: Mapping[str, Any] | None) -> AttentionSpec:
 
     Knobs set to None are left at the class's default; a key that is not a keyword argument of the
     class, an unknown placement, or a class outside the trusted targets is an AttentionConfigError."""
-    from paddy.config import TRUSTED_ENV, instantiate, shipped_target
+    from paddy.config import shipped_target, trusted_callable
 
     options = {k: v for k, v in dict(attention or {}).items() if k != "_partial_"}
     name = str(options.pop("name", None) or "none")
@@ -91,21 +91,16 @@ def attention_spec(attention: Mapping[str, Any] | None) -> AttentionSpec:
     target = options.pop("_target_", None) or shipped_target("attention", name)
     if placement not in PLACEMENTS:
         raise AttentionConfigError(f"attention.placement={placement!r} (expected one of: {', '.join(PLACEMENTS)})")
-    try:
-        factory = instantiate({"_target_": target, "_partial_": True})
-    except Exception as err:  # noqa: BLE001 - Hydra's refusal or import error, in one line
-        reason = " ".join(str(err).split())
-        raise AttentionConfigError(f"attention {name!r}: cannot use _target_ {target!r} ({reason}); a block of your "
-                                   f"own needs its package importable and trusted: {TRUSTED_ENV}='mypkg.*'") from err
+    factory = trusted_callable(target, f"attention {name!r}", AttentionConfigError)
     knobs = {k: v for k, v in options.items() if v is not None}
-    accepted = attention_knobs(factory.func)
+    accepted = attention_knobs(factory)
     unknown = sorted(set(knobs) - set(accepted))
     if unknown:
         has = ", ".join(accepted) or "none"
         raise AttentionConfigError(f"attention {name!r} ({target}) has no knob {unknown[0]!r} (its knobs: {has})")
-    if factory.func is nn.Identity:
+    if factory is nn.Identity:
         return AttentionSpec(name, target, placement)
-    return AttentionSpec(name, target, placement, knobs, functools.partial(factory.func, **knobs))
+    return AttentionSpec(name, target, placement, knobs, functools.partial(factory, **knobs))
 
 
 @functools.cache
