@@ -84,6 +84,7 @@ def _run_identity(cfg: DictConfig, datamodule: ImageDataModule) -> dict[str, Any
         "num_classes": datamodule.num_classes,
         "classes": list(datamodule.classes),
         "split_sizes": {k: len(v) for k, v in datamodule.split_indices.items()},
+        "class_counts": datamodule.class_counts(),
     }
 
 

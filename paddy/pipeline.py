@@ -31,7 +31,7 @@ from paddy.model_inputs import input_features
 from paddy.models.factory import ModelConfigError, build_model
 from paddy.settings import check_settings, check_writable
 from paddy.tasks.callbacks import EpochSeed, RunHistory, SlurmRequeue
-from paddy.tasks.classification import ClassificationTask
+from paddy.tasks.classification import ClassificationTask, class_weights
 from paddy.utils.artifacts import measure_throughput, model_size
 from paddy.utils.checkpoints import CheckpointError, check_state_dict, model_weights, read_checkpoint
 from paddy.utils.runtime import gpu_trainer_defaults, logs_muted, resolve_channels_last, resolve_precision, uses_gpu
@@ -118,9 +118,11 @@ def trainer_settings(cfg: DictConfig) -> dict[str, Any]:
     return options
 
 
-def build_task(cfg: DictConfig, net: torch.nn.Module, class_names: list[str], on_gpu: bool) -> ClassificationTask:
+def build_task(cfg: DictConfig, net: torch.nn.Module, class_names: list[str], on_gpu: bool,
+               train_counts: list[int] | None = None) -> ClassificationTask:
     """The LightningModule of a run: ``net`` with ``cfg.optimizer``/``scheduler``/``model`` options,
-    in channels_last memory format and compiled when the config says so."""
+    in channels_last memory format and compiled when the config says so; ``train_counts`` (images per
+    class in the training split) for ``model.class_weights=auto``."""
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     channels_last = resolve_channels_last(model_cfg.get("channels_last"), on_gpu)
     task = ClassificationTask(
@@ -132,6 +134,7 @@ def build_task(cfg: DictConfig, net: torch.nn.Module, class_names: list[str], on
         config=OmegaConf.to_container(cfg, resolve=True),
         channels_last=channels_last,
         mixup=OmegaConf.to_container(cfg.mixup, resolve=True) if cfg.get("mixup") else None,
+        class_weights=class_weights(model_cfg.get("class_weights"), train_counts or [1] * len(class_names)),
     )
     if channels_last:
         task.model.to(memory_format=torch.channels_last)
@@ -169,7 +172,8 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> d
     datamodule = build_datamodule(cfg)
     net, size = build_network(datamodule, *parts)
     trainer_options = trainer_settings(cfg)
-    task = build_task(cfg, net, list(datamodule.classes), uses_gpu(trainer_options.get("accelerator")))
+    task = build_task(cfg, net, list(datamodule.classes), uses_gpu(trainer_options.get("accelerator")),
+                      list(datamodule.class_counts()["train"].values()))
     history = RunHistory(output_dir)
     trainer = build_trainer(cfg, trainer_options, [history, *(extra_callbacks or [])])
     checkpoint = checkpoint_callback(trainer)

@@ -111,7 +111,14 @@ TRAIN_RULES: dict[str, Callable[[str, Any], Any]] = {
     "trainer.accumulate_grad_batches": _optional(positive_int),
     "trainer.gradient_clip_val": _optional(non_negative_float),
     "model.label_smoothing": _optional(fraction),
+    "model.class_weights": lambda key, value: _class_weights(value),
 }
+
+
+def _class_weights(value: Any) -> None:
+    from paddy.tasks.classification import class_weights
+
+    class_weights(OmegaConf.to_container(value) if OmegaConf.is_config(value) else value)
 
 
 def check_settings(cfg: DictConfig, rules: dict[str, Callable[[str, Any], Any]] = TRAIN_RULES) -> None:

@@ -274,6 +274,13 @@ class ImageDataModule(LightningDataModule):
         self.split_indices = self._split(index)
         sizes = ", ".join(f"{k} {len(v)}" for k, v in self.split_indices.items())
         log.info("data=%s: %d classes; %s", index.name, len(index.classes), sizes)
+        for split, counts in self.class_counts().items():
+            log.info("images per class, %s: %s", split, ", ".join(f"{name} {n}" for name, n in counts.items()))
+
+    def class_counts(self) -> dict[str, dict[str, int]]:
+        """Images per class in each split: ``{"train": {"normal": 1764, ...}, "val": {...}, ...}``."""
+        return {split: dict(zip(self.classes, np.bincount(part.labels, minlength=len(self.classes)).tolist()))
+                for split, part in self.split_indices.items()}
 
     def _where(self) -> str:
         root = getattr(self.source, "root", None)

@@ -15,6 +15,7 @@ from lightning import LightningModule
 from torch import nn
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 
+from paddy.errors import SettingError
 from paddy.tasks.metrics import class_metrics, class_tag_names, scalar_metrics
 from paddy.tasks.optim import create_optimizer, create_scheduler
 
@@ -40,6 +41,7 @@ class ClassificationTask(LightningModule):
             ``head_lr``, ``weight_decay``, ...).
         scheduler: options of :func:`~paddy.tasks.optim.create_scheduler` (``name``, ...).
         label_smoothing: cross-entropy label smoothing.
+        class_weights: one loss weight per class (:func:`class_weights`), or None.
         class_names: kept in the checkpoint's hyperparameters for later prediction.
         config: the run's resolved config as plain containers, stored with the checkpoint.
     """
@@ -47,12 +49,13 @@ class ClassificationTask(LightningModule):
     def __init__(self, model: nn.Module, num_classes: int, optimizer: dict | None = None,
                  scheduler: dict | None = None, label_smoothing: float = 0.0,
                  class_names: list[str] | None = None, config: dict | None = None, channels_last: bool = False,
-                 mixup: dict | None = None):
+                 mixup: dict | None = None, class_weights: list[float] | None = None):
         super().__init__()
         self.save_hyperparameters(ignore=["model"])
         self.model = model
         self.channels_last = channels_last
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        weight = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
+        self.criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
         self.mixup = _create_mixup(mixup, num_classes, label_smoothing)
         self.train_metrics = scalar_metrics(num_classes, "train")
         self.val_metrics = scalar_metrics(num_classes, "val")
@@ -90,7 +93,7 @@ class ClassificationTask(LightningModule):
                 raise ValueError("model.mixup works on image-only models (this model takes extra inputs)")
             mixed, soft_targets = self.mixup(inputs, labels)
             logits = self(mixed)
-            loss = torch.sum(-soft_targets * torch.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+            loss = _soft_target_loss(logits, soft_targets, self.criterion.weight)
         else:
             loss, logits, labels = self._shared_step(batch)
         # update(), not __call__: no per-batch value is computed. A non-finite loss (a step the guard
@@ -190,6 +193,34 @@ class ClassificationTask(LightningModule):
 def _was_updated(collection: MetricCollection) -> bool:
     """Whether ``collection`` saw an ``update`` since its last reset (an empty epoch has none)."""
     return any(metric.update_called for metric in collection.values(copy_state=False))
+
+
+def _soft_target_loss(logits: torch.Tensor, soft_targets: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """Cross-entropy against mixed (soft) targets; with class weights, each sample weighs its targets'
+    mix of them and the mean is over those weights, as ``nn.CrossEntropyLoss(weight=...)`` does."""
+    per_class = -soft_targets * torch.log_softmax(logits.float(), dim=-1)
+    if weight is None:
+        return per_class.sum(-1).mean()
+    return (per_class * weight).sum() / (soft_targets * weight).sum()
+
+
+def class_weights(spec: Any, train_counts: list[int] | None = None) -> list[float] | None:
+    """``model.class_weights``: None (no weighting) | ``auto`` (inverse class frequency in the training
+    split, ``n / (k * n_c)``: each class weighs the same in total; the mean over the images is 1) | one
+    positive weight per class. Without ``train_counts`` only the form is checked (the settings check,
+    before the data is read)."""
+    if spec is None or (spec == "auto" and train_counts is None):
+        return None
+    if spec == "auto":
+        if min(train_counts) < 1:
+            raise SettingError(f"model.class_weights=auto: a class has no training image ({train_counts})")
+        return [sum(train_counts) / (len(train_counts) * n) for n in train_counts]
+    weights = list(spec) if isinstance(spec, (list, tuple)) else []
+    positive = [isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w > 0 for w in weights]
+    if not weights or not all(positive) or (train_counts is not None and len(weights) != len(train_counts)):
+        wanted = f"{len(train_counts)} positive numbers" if train_counts is not None else "positive numbers"
+        raise SettingError(f"model.class_weights={spec!r}: expected null, auto, or {wanted} (one per class)")
+    return [float(w) for w in weights]
 
 
 def _create_mixup(options: dict | None, num_classes: int, label_smoothing: float):
