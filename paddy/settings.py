@@ -112,7 +112,13 @@ TRAIN_RULES: dict[str, Callable[[str, Any], Any]] = {
     "trainer.gradient_clip_val": _optional(non_negative_float),
     "model.label_smoothing": _optional(fraction),
     "model.class_weights": lambda key, value: _class_weights(value),
+    "data.sampler": lambda key, value: _one_of(key, value, ("shuffle", "balanced")),
 }
+
+
+def _one_of(key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise SettingError(f"{key}={value!r}: expected one of {', '.join(allowed)}")
 
 
 def _class_weights(value: Any) -> None:

@@ -77,3 +77,37 @@ def test_counts_in_metrics_and_an_auto_weighted_loss(imbalanced: Path, tmp_path:
     assert "images per class, train: blast 24, healthy 8, tungro 4" in caplog.text
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert saved["class_counts"] == metrics["class_counts"]
+
+
+def test_balanced_sampler_draws_classes_alike_seeded_by_epoch_and_sharded(imbalanced: Path, tmp_path: Path):
+    """data.sampler=balanced: class-balanced draws; the same epoch gives the same draw (resume), and
+    2 DDP ranks split one draw between them."""
+    from paddy.config import instantiate
+    from paddy.data.datamodule import EpochSeededSampler
+
+    cfg = compose_config(["data=imagefolder", f"data.root={imbalanced}", "data.cache=none", "data.sampler=balanced",
+                          "data.num_workers=0", f"paths.cache_dir={tmp_path}"])
+    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule.setup("fit")
+    sampler = datamodule.train_dataloader().sampler
+    labels = datamodule.split_indices["train"].labels
+    assert isinstance(sampler, EpochSeededSampler) and len(sampler) == 36
+    drawn = []
+    for epoch in range(30):
+        sampler.set_epoch(epoch)
+        drawn += [labels[i] for _, i in sampler]
+    share = np.bincount(drawn, minlength=3) / len(drawn)
+    assert np.allclose(share, 1 / 3, atol=0.05), share  # the images themselves are 6:2:1
+    sampler.set_epoch(7)
+    first = list(sampler)
+    sampler.set_epoch(3)
+    list(sampler)
+    sampler.set_epoch(7)
+    assert list(sampler) == first  # a resumed epoch 7 draws the same batches
+    ranks = [EpochSeededSampler(36, 5, rank, 2, sampler.weights) for rank in (0, 1)]
+    whole = EpochSeededSampler(36, 5, 0, 1, sampler.weights)
+    for part in (*ranks, whole):
+        part.set_epoch(2)
+    assert sorted(i for r in ranks for _, i in r) == sorted(i for _, i in whole)
+    with pytest.raises(SettingError, match=r"data.sampler='weighted': expected one of shuffle, balanced"):
+        check_settings(compose_config(["data.sampler=weighted", "data.root=/nowhere"]))

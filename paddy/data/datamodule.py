@@ -24,7 +24,7 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -119,8 +119,13 @@ class ImageDataset(Dataset):
         return image, int(self.labels[i])
 
 
+SAMPLERS = ("shuffle", "balanced")
+
+
 class EpochSeededSampler(Sampler[tuple[int, int]]):
     """Shuffles ``n`` indices with a permutation drawn from ``seed + epoch``; yields ``(epoch, index)``.
+    With ``weights`` (one per index) it draws ``n`` indices with replacement in proportion to them
+    instead (``data.sampler=balanced``: ``1 / images of the class``, so every class is drawn alike).
 
     Lightning calls :meth:`set_epoch` before every epoch, so epoch ``k`` sees the same order whether
     the run went straight through or was resumed from a checkpoint (a global RNG would differ). Under
@@ -129,16 +134,20 @@ class EpochSeededSampler(Sampler[tuple[int, int]]):
     process runs the same number of steps).
     """
 
-    def __init__(self, n: int, seed: int, rank: int = 0, world_size: int = 1):
+    def __init__(self, n: int, seed: int, rank: int = 0, world_size: int = 1, weights: Sequence[float] | None = None):
         self.n, self.seed, self.epoch = n, seed, 0
         self.rank, self.world_size = rank, world_size
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float64)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(self.n, generator=generator)[: len(self) * self.world_size]
+        if self.weights is not None:
+            order = torch.multinomial(self.weights, len(self) * self.world_size, replacement=True, generator=generator)
+        else:
+            order = torch.randperm(self.n, generator=generator)[: len(self) * self.world_size]
         return iter((self.epoch, i) for i in order[self.rank :: self.world_size].tolist())
 
     def __len__(self) -> int:
@@ -181,6 +190,9 @@ class ImageDataModule(LightningDataModule):
             ``memmap`` (on), ``none`` (off), ``auto`` (on when the disk under ``cache_dir`` has room
             for it with 20% to spare).
         cache_size: the cached images' shorter side (default ``ceil(image_size / 0.875)``).
+        sampler: the training order: ``shuffle`` (every image once per epoch) or ``balanced``
+            (class-balanced draws with replacement, as many as the split has images); both seeded
+            by the epoch, so a resumed run sees the same batches, and sharded alike under DDP.
         gpu_augment: run the training augmentation on whole batches on the training device
             (:mod:`paddy.data.gpu_augment`): ``true``, ``false``, or ``auto`` (on when training on a
             CUDA GPU and every training transform can run there).
@@ -209,8 +221,12 @@ class ImageDataModule(LightningDataModule):
         cache: str | bool | None = "auto",
         cache_size: int | None = None,
         gpu_augment: str | bool | None = "auto",
+        sampler: str = "shuffle",
     ):
         super().__init__()
+        if sampler not in SAMPLERS:
+            raise SettingError(f"data.sampler={sampler!r} (expected one of: {', '.join(SAMPLERS)})")
+        self.sampler = sampler
         if on_bad_image not in BAD_IMAGE_POLICIES:
             raise SettingError(f"data.on_bad_image={on_bad_image!r} (expected one of: {', '.join(BAD_IMAGE_POLICIES)})")
         val_fraction, test_fraction = split_fractions(val_fraction, test_fraction)
@@ -423,7 +439,8 @@ class ImageDataModule(LightningDataModule):
         batch = self.batch_size if split == "train" else self.eval_batch_size
         rank, world = self._process_slot()
         if shuffle:
-            sampler: Sampler = EpochSeededSampler(len(dataset), self.shuffle_seed, rank, world)
+            sampler: Sampler = EpochSeededSampler(len(dataset), self.shuffle_seed, rank, world,
+                                                  self._balanced_weights(split))
         else:
             sampler = ShardSampler(len(dataset), rank, world)
         return DataLoader(
@@ -435,6 +452,13 @@ class ImageDataModule(LightningDataModule):
             # dropout and Mixup depend on how often a loader was iterated (0 vs N workers, resume).
             generator=torch.Generator().manual_seed(self.shuffle_seed),
         )
+
+    def _balanced_weights(self, split: str) -> np.ndarray | None:
+        """``data.sampler=balanced``: each image drawn with weight 1 / (images of its class)."""
+        if self.sampler != "balanced":
+            return None
+        labels = self.split_indices[split].labels
+        return 1.0 / np.bincount(labels, minlength=len(self.classes))[labels]
 
     def _process_slot(self) -> tuple[int, int]:
         """(global rank, world size) of this process in the attached trainer; (0, 1) without one.
