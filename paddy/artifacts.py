@@ -85,6 +85,8 @@ def _run_identity(cfg: DictConfig, datamodule: ImageDataModule) -> dict[str, Any
         "classes": list(datamodule.classes),
         "split_sizes": {k: len(v) for k, v in datamodule.split_indices.items()},
         "class_counts": datamodule.class_counts(),
+        "n_folds": datamodule.n_folds,
+        "fold": datamodule.fold if datamodule.n_folds else None,
     }
 
 

@@ -116,6 +116,14 @@ TRAIN_RULES: dict[str, Callable[[str, Any], Any]] = {
 }
 
 
+def check_folds(n_folds: Any, fold: Any) -> tuple[int | None, int]:
+    """``data.n_folds`` (null, or an integer >= 2) and ``data.fold`` (``0..n_folds-1``)."""
+    if n_folds is None:
+        return None, 0
+    n = _checked("data.n_folds", n_folds, int, "null or an integer >= 2", lambda v: v >= 2)
+    return n, _checked("data.fold", fold, int, f"an integer from 0 to {n - 1} (data.n_folds={n})", lambda v: 0 <= v < n)
+
+
 def _one_of(key: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise SettingError(f"{key}={value!r}: expected one of {', '.join(allowed)}")
@@ -141,6 +149,8 @@ def check_settings(cfg: DictConfig, rules: dict[str, Callable[[str, Any], Any]] 
     data = cfg.get("data") or {}
     if "val_fraction" in data and "test_fraction" in data:
         split_fractions(data.val_fraction, data.test_fraction)
+    if "n_folds" in data:
+        check_folds(data.n_folds, data.get("fold", 0))
     if OmegaConf.is_dict(cfg.get("attention")):  # its class, knobs and placement (no module is built)
         from paddy.models.attention import attention_spec
 

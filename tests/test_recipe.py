@@ -105,7 +105,8 @@ def test_every_experiment_composes_with_a_data_root():
 
     for path in sorted((config_dir() / "experiment").glob("*.yaml")):
         cfg = compose_config([f"experiment={path.stem}", "data.root=/data/x"])
-        assert cfg.trainer.max_epochs >= 15, path.stem
+        if path.stem != "kfold":  # the old scripts' recipes (kfold wraps any of them in folds)
+            assert cfg.trainer.max_epochs >= 15, path.stem
 
 
 def test_mixup_cutmix_channels_last_label_smoothing_train(tmp_path: Path):

@@ -37,12 +37,12 @@ from paddy.data.cache import DecodedImageCache, default_short_side, estimated_by
 from paddy.data.errors import DataProblem, DataValidationError, summarize_problems
 from paddy.data.gpu_augment import BatchAugment, parse_gpu_augment, unsupported_steps
 from paddy.data.sources import SPLITS, ImageSource, SourceIndex
-from paddy.data.splits import stratified_split, stratified_subset
+from paddy.data.splits import stratified_folds, stratified_split, stratified_subset
 from paddy.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform
 from paddy.data.validation import default_cache_dir, validate_image_files
 from paddy.errors import SettingError
 from paddy.model_inputs import feature_extractors, features_of
-from paddy.settings import MAX_IMAGE_SIZE, optional_positive_int, positive_int, split_fractions
+from paddy.settings import MAX_IMAGE_SIZE, check_folds, optional_positive_int, positive_int, split_fractions
 from paddy.utils.runtime import available_cores, derived_seed
 
 log = logging.getLogger(__name__)
@@ -190,6 +190,9 @@ class ImageDataModule(LightningDataModule):
             ``memmap`` (on), ``none`` (off), ``auto`` (on when the disk under ``cache_dir`` has room
             for it with 20% to spare).
         cache_size: the cached images' shorter side (default ``ceil(image_size / 0.875)``).
+        n_folds, fold: stratified k-fold cross-validation: the test split is set aside as without it,
+            the rest is dealt into ``n_folds`` stratified folds (``split_seed``), and fold ``fold``
+            is the validation split (``val_fraction`` is not used); None: no folds.
         sampler: the training order: ``shuffle`` (every image once per epoch) or ``balanced``
             (class-balanced draws with replacement, as many as the split has images); both seeded
             by the epoch, so a resumed run sees the same batches, and sharded alike under DDP.
@@ -222,11 +225,14 @@ class ImageDataModule(LightningDataModule):
         cache_size: int | None = None,
         gpu_augment: str | bool | None = "auto",
         sampler: str = "shuffle",
+        n_folds: int | None = None,
+        fold: int = 0,
     ):
         super().__init__()
         if sampler not in SAMPLERS:
             raise SettingError(f"data.sampler={sampler!r} (expected one of: {', '.join(SAMPLERS)})")
         self.sampler = sampler
+        self.n_folds, self.fold = check_folds(n_folds, fold)
         if on_bad_image not in BAD_IMAGE_POLICIES:
             raise SettingError(f"data.on_bad_image={on_bad_image!r} (expected one of: {', '.join(BAD_IMAGE_POLICIES)})")
         val_fraction, test_fraction = split_fractions(val_fraction, test_fraction)
@@ -373,16 +379,29 @@ class ImageDataModule(LightningDataModule):
             log.info("decoded-image cache: stored %d images at %d px (%.2f GB) in %.1f s in %s", len(keep),
                      self.cache_size, cache.stored_bytes / 1e9, time.perf_counter() - started, cache.directory)
 
+    def _fold_positions(self, index: SourceIndex, positions: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``data.n_folds``: the test split set aside first (the layout's, or ``test_fraction`` of the
+        data), then the rest (the pool) in stratified folds; fold ``data.fold`` validates, the others train."""
+        pool = np.sort(np.concatenate([positions["train"], positions["val"]]))
+        test = positions["test"]
+        if index.splits is None and self.test_fraction > 0:
+            parts = stratified_split(index.labels[pool], {"test": self.test_fraction}, self.split_seed)
+            test, pool = pool[parts["test"]], pool[parts["rest"]]
+        fold_of = stratified_folds(index.labels[pool], self.n_folds, self.split_seed)
+        return {"train": pool[fold_of != self.fold], "val": pool[fold_of == self.fold], "test": test}
+
     def _split(self, index: SourceIndex) -> dict[str, SourceIndex]:
         """Train/val/test: the layout's own splits where it has them, stratified fractions elsewhere."""
         given = index.splits if index.splits is not None else np.full(len(index), "train")
         positions = {split: np.flatnonzero(given == split) for split in SPLITS}
+        if self.n_folds:
+            positions = self._fold_positions(index, positions)
         train = positions["train"]
         carve = {}
-        if len(positions["val"]) == 0 and self.val_fraction > 0:
+        if len(positions["val"]) == 0 and self.val_fraction > 0 and not self.n_folds:
             carve["val"] = self.val_fraction
         # A layout that defines its own splits but no test/ split is taken at its word: no test set.
-        if index.splits is None and self.test_fraction > 0:
+        if index.splits is None and self.test_fraction > 0 and not self.n_folds:
             carve["test"] = self.test_fraction
         if carve:
             parts = stratified_split(index.labels[train], carve, self.split_seed)

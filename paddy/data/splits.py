@@ -46,3 +46,20 @@ def stratified_subset(labels: np.ndarray, limit: int, seed: int) -> np.ndarray:
     if len(keep) > limit:  # rounding per class can overshoot by a few
         keep = np.sort(np.random.default_rng(seed).choice(keep, limit, replace=False))
     return keep
+
+
+def stratified_folds(labels: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
+    """The fold (``0..n_folds-1``) of each position: every class is shuffled with ``seed`` and dealt
+    round-robin, starting where the previous class stopped, so each fold holds ``1/n_folds`` of every
+    class (within one image) and the folds' sizes differ by at most one."""
+    if n_folds < 2:
+        raise ValueError(f"k-fold cross-validation needs n_folds >= 2, got {n_folds}")
+    rng = np.random.default_rng(seed)
+    fold_of = np.empty(len(labels), dtype=np.int64)
+    dealt = 0
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        members = members[rng.permutation(len(members))]
+        fold_of[members] = (dealt + np.arange(len(members))) % n_folds
+        dealt += len(members)
+    return fold_of
