@@ -190,9 +190,13 @@ def test_a_killed_worker_job_loses_no_trial(tmp_path: Path):
     while not running:
         assert sweep.poll() is None and time.monotonic() < deadline, log.read_text()[-4000:]
         time.sleep(0.5)
-        if (tmp_path / "optuna.db").is_file():
+        if not (tmp_path / "optuna.db").is_file():
+            continue
+        try:
             running = [t for t in study_trials(url, "slots") if t.state == TrialState.RUNNING and "ran_from" in
                        t.user_attrs]
+        except KeyError:  # the database is there, the study not yet
+            continue
     worker = running[0].system_attrs["paddy:owner"]["pid"]
     job = int(Path(f"/proc/{worker}/stat").read_text().rsplit(")", 1)[1].split()[1])  # its parent: the job
     os.kill(job, signal.SIGKILL)
