@@ -29,9 +29,9 @@ from paddy.data.datamodule import ImageDataModule
 from paddy.errors import PaddyError
 from paddy.model_inputs import input_features
 from paddy.models.factory import ModelConfigError, build_model
-from paddy.settings import check_settings, check_writable
+from paddy.settings import check_settings, check_writable, class_weights
 from paddy.tasks.callbacks import EpochSeed, RunHistory, SlurmRequeue
-from paddy.tasks.classification import ClassificationTask, class_weights
+from paddy.tasks.classification import ClassificationTask
 from paddy.utils.artifacts import measure_throughput, model_size
 from paddy.utils.checkpoints import CheckpointError, check_state_dict, model_weights, read_checkpoint
 from paddy.utils.runtime import gpu_trainer_defaults, logs_muted, resolve_channels_last, resolve_precision, uses_gpu

@@ -92,6 +92,8 @@ def _optional(check: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
     return lambda key, value: None if value is None else check(key, value)
 
 
+SAMPLERS = ("shuffle", "balanced")  # data.sampler: the training order (see paddy.data.datamodule)
+
 TRAIN_RULES: dict[str, Callable[[str, Any], Any]] = {
     "seed": _optional(lambda k, v: _number(k, v, int, "an integer or null")),
     "data.image_size": lambda k, v: positive_int(k, v, MAX_IMAGE_SIZE),
@@ -111,8 +113,9 @@ TRAIN_RULES: dict[str, Callable[[str, Any], Any]] = {
     "trainer.accumulate_grad_batches": _optional(positive_int),
     "trainer.gradient_clip_val": _optional(non_negative_float),
     "model.label_smoothing": _optional(fraction),
-    "model.class_weights": lambda key, value: _class_weights(value),
-    "data.sampler": lambda key, value: _one_of(key, value, ("shuffle", "balanced")),
+    "model.class_weights": lambda key, value: class_weights(OmegaConf.to_container(value)
+                                                            if OmegaConf.is_config(value) else value),
+    "data.sampler": lambda key, value: one_of(key, value, SAMPLERS),
 }
 
 
@@ -124,15 +127,29 @@ def check_folds(n_folds: Any, fold: Any) -> tuple[int | None, int]:
     return n, _checked("data.fold", fold, int, f"an integer from 0 to {n - 1} (data.n_folds={n})", lambda v: 0 <= v < n)
 
 
-def _one_of(key: str, value: Any, allowed: tuple[str, ...]) -> None:
+def one_of(key: str, value: Any, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
         raise SettingError(f"{key}={value!r}: expected one of {', '.join(allowed)}")
+    return value
 
 
-def _class_weights(value: Any) -> None:
-    from paddy.tasks.classification import class_weights
-
-    class_weights(OmegaConf.to_container(value) if OmegaConf.is_config(value) else value)
+def class_weights(spec: Any, train_counts: list[int] | None = None) -> list[float] | None:
+    """``model.class_weights``: None (no weighting) | ``auto`` (inverse class frequency in the training
+    split, ``n / (k * n_c)``: each class weighs the same in total; the mean over the images is 1) | one
+    positive weight per class. Without ``train_counts`` only the form is checked (the settings check,
+    before the data is read)."""
+    if spec is None or (spec == "auto" and train_counts is None):
+        return None
+    if spec == "auto":
+        if min(train_counts) < 1:
+            raise SettingError(f"model.class_weights=auto: a class has no training image ({train_counts})")
+        return [sum(train_counts) / (len(train_counts) * n) for n in train_counts]
+    weights = list(spec) if isinstance(spec, (list, tuple)) else []
+    positive = [isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w > 0 for w in weights]
+    if not weights or not all(positive) or (train_counts is not None and len(weights) != len(train_counts)):
+        wanted = f"{len(train_counts)} positive numbers" if train_counts is not None else "positive numbers"
+        raise SettingError(f"model.class_weights={spec!r}: expected null, auto, or {wanted} (one per class)")
+    return [float(w) for w in weights]
 
 
 def check_settings(cfg: DictConfig, rules: dict[str, Callable[[str, Any], Any]] = TRAIN_RULES) -> None:

@@ -14,8 +14,8 @@ from conftest import TINY
 
 from paddy.config import compose_config
 from paddy.errors import SettingError
-from paddy.settings import check_settings
-from paddy.tasks.classification import _soft_target_loss, class_weights
+from paddy.settings import check_settings, class_weights
+from paddy.tasks.classification import _soft_target_loss
 
 COUNTS = {"blast": 24, "healthy": 8, "tungro": 4}  # 6:2:1, like leaf-disease sets
 

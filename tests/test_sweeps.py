@@ -45,6 +45,21 @@ def _trials(sweep_dir: Path, study_name: str) -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name=study_name, storage=f"sqlite:///{sweep_dir / 'optuna.db'}").trials
 
 
+def test_a_searched_attention_block_gets_only_its_own_knobs(tmp_path: Path) -> None:
+    """attention=choice(ca,eca) in a grid: each trial's job passes the knobs of its block only (read from the
+    class its composed config names: ca takes reduction, eca kernel_size)."""
+    result = _sweep(tmp_path, "hparams_search=grid", "attention=choice(ca,eca)", "optimizer.lr=choice(1e-3)",
+                    "optimizer.weight_decay=choice(0)", "attention.reduction=choice(8)",
+                    "attention.kernel_size=choice(3)", "data.batch_size=choice(8)", "trainer.max_epochs=1")
+    assert result.returncode == 0, _output(result)[-4000:]
+    trials = _trials(tmp_path, "grid")
+    assert sorted(t.params["attention"] for t in trials) == ["ca", "eca"]
+    for trial in trials:
+        config = (tmp_path / str(trial.number) / ".hydra" / "config.yaml").read_text()
+        block = trial.params["attention"]
+        assert ("reduction: 8" in config) == (block == "ca") and ("kernel_size: 3" in config) == (block == "eca")
+
+
 def test_tpe_sweep_resumes_and_drops_missing_knobs(tmp_path: Path) -> None:
     args = ["hparams_search=tpe", "attention=ca", "hparams_search.n_trials=2"]
     result = _sweep(tmp_path, *args)

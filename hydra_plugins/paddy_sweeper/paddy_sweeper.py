@@ -250,6 +250,7 @@ class PaddyOptunaSweeperImpl(_impl.OptunaSweeperImpl):
         if schedule not in ("workers", "batch"):
             raise ValueError(f"hydra.sweeper.schedule={schedule!r} (expected workers or batch)")
         self.schedule = schedule
+        self.knobs_of: dict[str, tuple[str, ...] | None] = {}  # attention choice -> its keys (_choice_knobs)
 
     # ------------------------------------------------------------------ set-up
     def setup(self, *, hydra_context: Any, task_function: Any, config: DictConfig) -> None:
@@ -303,13 +304,14 @@ class PaddyOptunaSweeperImpl(_impl.OptunaSweeperImpl):
         except Exception:  # noqa: BLE001 - a class that cannot be imported here
             return None
 
-    def _choice_knobs(self, choice: str) -> tuple[str, ...] | None:
-        """``_block_knobs`` of ``attention=<choice>``, from the config a trial with that choice composes."""
-        cache = self.__dict__.setdefault("_knobs_of", {})
-        if choice not in cache:
-            composed = self.hydra_context.config_loader.load_sweep_config(self.config, [f"attention={choice}"])
-            cache[choice] = self._block_knobs(OmegaConf.select(composed, "attention"))
-        return cache[choice]
+    def _choice_knobs(self, choice: str, job: Sequence[str]) -> tuple[str, ...] | None:
+        """``_block_knobs`` of ``attention=<choice>``, from the config the trial's own overrides ``job``
+        compose to (without its ``attention.<knob>`` values, which that block may lack)."""
+        if choice not in self.knobs_of:
+            composed = self.hydra_context.config_loader.load_sweep_config(
+                self.config, [o for o in job if not o.startswith("attention.")])
+            self.knobs_of[choice] = self._block_knobs(OmegaConf.select(composed, "attention"))
+        return self.knobs_of[choice]
 
     def _target_trials(self, space: dict[str, Any], grid: dict[str, list[Any]] | None) -> int:
         if grid is not None:
@@ -421,7 +423,7 @@ class PaddyOptunaSweeperImpl(_impl.OptunaSweeperImpl):
         overrides = list(overrides)
         attention = trial.params.get("attention")
         if attention is not None:  # the attention block is searched: leave out the knobs this one lacks
-            knobs = self._choice_knobs(str(attention))
+            knobs = self._choice_knobs(str(attention), overrides)
             overrides = [o for o in overrides if not _lacks(knobs, o.split("=", 1)[0])]
         overrides += self._rerun_overrides(trial)
         if isinstance(self.storage, str):

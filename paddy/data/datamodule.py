@@ -42,7 +42,15 @@ from paddy.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform
 from paddy.data.validation import default_cache_dir, validate_image_files
 from paddy.errors import SettingError
 from paddy.model_inputs import feature_extractors, features_of
-from paddy.settings import MAX_IMAGE_SIZE, check_folds, optional_positive_int, positive_int, split_fractions
+from paddy.settings import (
+    MAX_IMAGE_SIZE,
+    SAMPLERS,
+    check_folds,
+    one_of,
+    optional_positive_int,
+    positive_int,
+    split_fractions,
+)
 from paddy.utils.runtime import available_cores, derived_seed
 
 log = logging.getLogger(__name__)
@@ -117,9 +125,6 @@ class ImageDataset(Dataset):
         if extras:
             return {"images": image, **extras}, int(self.labels[i])
         return image, int(self.labels[i])
-
-
-SAMPLERS = ("shuffle", "balanced")
 
 
 class EpochSeededSampler(Sampler[tuple[int, int]]):
@@ -229,9 +234,7 @@ class ImageDataModule(LightningDataModule):
         fold: int = 0,
     ):
         super().__init__()
-        if sampler not in SAMPLERS:
-            raise SettingError(f"data.sampler={sampler!r} (expected one of: {', '.join(SAMPLERS)})")
-        self.sampler = sampler
+        self.sampler = one_of("data.sampler", sampler, SAMPLERS)
         self.n_folds, self.fold = check_folds(n_folds, fold)
         if on_bad_image not in BAD_IMAGE_POLICIES:
             raise SettingError(f"data.on_bad_image={on_bad_image!r} (expected one of: {', '.join(BAD_IMAGE_POLICIES)})")

@@ -15,7 +15,6 @@ from lightning import LightningModule
 from torch import nn
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 
-from paddy.errors import SettingError
 from paddy.tasks.metrics import class_metrics, class_tag_names, scalar_metrics
 from paddy.tasks.optim import create_optimizer, create_scheduler
 
@@ -41,7 +40,7 @@ class ClassificationTask(LightningModule):
             ``head_lr``, ``weight_decay``, ...).
         scheduler: options of :func:`~paddy.tasks.optim.create_scheduler` (``name``, ...).
         label_smoothing: cross-entropy label smoothing.
-        class_weights: one loss weight per class (:func:`class_weights`), or None.
+        class_weights: one loss weight per class (:func:`paddy.settings.class_weights`), or None.
         class_names: kept in the checkpoint's hyperparameters for later prediction.
         config: the run's resolved config as plain containers, stored with the checkpoint.
     """
@@ -202,25 +201,6 @@ def _soft_target_loss(logits: torch.Tensor, soft_targets: torch.Tensor, weight: 
     if weight is None:
         return per_class.sum(-1).mean()
     return (per_class * weight).sum() / (soft_targets * weight).sum()
-
-
-def class_weights(spec: Any, train_counts: list[int] | None = None) -> list[float] | None:
-    """``model.class_weights``: None (no weighting) | ``auto`` (inverse class frequency in the training
-    split, ``n / (k * n_c)``: each class weighs the same in total; the mean over the images is 1) | one
-    positive weight per class. Without ``train_counts`` only the form is checked (the settings check,
-    before the data is read)."""
-    if spec is None or (spec == "auto" and train_counts is None):
-        return None
-    if spec == "auto":
-        if min(train_counts) < 1:
-            raise SettingError(f"model.class_weights=auto: a class has no training image ({train_counts})")
-        return [sum(train_counts) / (len(train_counts) * n) for n in train_counts]
-    weights = list(spec) if isinstance(spec, (list, tuple)) else []
-    positive = [isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w > 0 for w in weights]
-    if not weights or not all(positive) or (train_counts is not None and len(weights) != len(train_counts)):
-        wanted = f"{len(train_counts)} positive numbers" if train_counts is not None else "positive numbers"
-        raise SettingError(f"model.class_weights={spec!r}: expected null, auto, or {wanted} (one per class)")
-    return [float(w) for w in weights]
 
 
 def _create_mixup(options: dict | None, num_classes: int, label_smoothing: float):
