@@ -12,7 +12,7 @@ WHEELHOUSE ?= wheelhouse
 install:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install -c $(CONSTRAINTS) -e ".[dev]"
+	$(BIN)/python -m pip install -c $(CONSTRAINTS) -e ".[dev,mlflow]"
 	$(MAKE) data
 
 # Fetch the default dataset (Fashion-MNIST) into data/fashion-mnist unless it is already found.
