@@ -192,6 +192,7 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> d
     if not trainer.is_global_zero:
         return metrics
     write_metrics(output_dir, metrics)
+    save_predictions(cfg, datamodule, checkpoint, trainer_options, trusted)
     log.info("Done in %.0f s: best val acc %s (epoch %s), test acc %s. Artifacts in %s",
              metrics["total_time_s"], _fmt(metrics.get("valid_acc")), metrics.get("best_epoch"),
              _fmt(metrics.get("test_acc")), output_dir)
@@ -260,6 +261,24 @@ def best_checkpoint_test(cfg: DictConfig, trainer: L.Trainer, task: Classificati
                            weights_only=not trusted)
     history.history = finished_history
     return {k: float(v) for k, v in (results[0] if results else {}).items()}
+
+
+def save_predictions(cfg: DictConfig, datamodule: ImageDataModule, checkpoint: ModelCheckpoint | None,
+                     trainer_options: dict[str, Any], trusted: bool) -> None:
+    """With ``save_predictions`` (auto: a k-fold run), :func:`paddy.evaluate.evaluate` the best checkpoint on the
+    val and test splits: per-image predictions and reports in ``eval_val/`` and ``eval_test/`` of the run."""
+    wanted = cfg.get("save_predictions", "auto")
+    if wanted == "auto":
+        wanted = bool(cfg.data.get("n_folds"))
+    best = checkpoint.best_model_path if checkpoint is not None else ""
+    if not wanted or not best:
+        return
+    from paddy.evaluate import evaluate
+
+    device = "cuda" if uses_gpu(trainer_options.get("accelerator")) else "cpu"
+    for split in (s for s in ("val", "test") if datamodule.has_split(s)):
+        result = evaluate(best, split=split, device=device, latency_runs=0, throughput_runs=0, trusted=trusted)
+        log.info("Predictions of the best checkpoint on the %s split: %s", split, result["output_dir"])
 
 
 def validation_fps(trainer: L.Trainer, task: ClassificationTask, datamodule: ImageDataModule) -> float | None:

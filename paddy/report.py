@@ -914,12 +914,16 @@ def report(dirs: list[Path], out: Path | None = None, metric: str = "val_acc_bes
                           + ", ".join(str(d) for d in dirs))
     runs = [load_run(p) for p in run_paths]
     display_names(runs, dirs)
+    from paddy.comparisons import write_folds, write_statistics
+
     written: list[Path] = []
     if runs:
         written += write_leaderboard(runs, out or dirs[0], metric, mode, dirs)
+        written += write_statistics(runs, out or dirs[0], metric)
     for sweep_dir in sweep_paths:
         jobs = [r for r in runs if r.path.parent.resolve() == sweep_dir.resolve()]
         written += write_sweep_report(sweep_dir, jobs, metric, mode, study)
+        written += write_folds(sweep_dir, jobs, metric)
     return written
 
 

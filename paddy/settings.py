@@ -116,6 +116,7 @@ TRAIN_RULES: dict[str, Callable[[str, Any], Any]] = {
     "model.class_weights": lambda key, value: class_weights(OmegaConf.to_container(value)
                                                             if OmegaConf.is_config(value) else value),
     "data.sampler": lambda key, value: one_of(key, value, SAMPLERS),
+    "save_predictions": lambda key, value: one_of(key, value, ("auto", True, False)),
 }
 
 

@@ -109,4 +109,5 @@ def test_fold_settings_are_checked():
 
     assert compose_config(["experiment=kfold", "data.root=/x"]).data.n_folds == 5
     kfold = OmegaConf.to_container(OmegaConf.load(config_dir() / "experiment" / "kfold.yaml"))["hydra"]
-    assert kfold["sweeper"]["params"]["data.fold"] == "0,1,2,3,4" and kfold["sweep"]["subdir"] == "${data.fold}"
+    assert kfold["sweeper"]["params"]["data.fold"] == "range(0,${data.n_folds})"
+    assert kfold["sweep"]["subdir"] == "${data.fold}"

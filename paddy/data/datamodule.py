@@ -34,7 +34,7 @@ from lightning import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from paddy.data.cache import DecodedImageCache, default_short_side, estimated_bytes, parse_cache_mode
-from paddy.data.errors import DataProblem, DataValidationError, summarize_problems
+from paddy.data.errors import DataProblem, DataSourceError, DataValidationError, summarize_problems
 from paddy.data.gpu_augment import BatchAugment, parse_gpu_augment, unsupported_steps
 from paddy.data.sources import SPLITS, ImageSource, SourceIndex
 from paddy.data.splits import stratified_folds, stratified_split, stratified_subset
@@ -390,6 +390,13 @@ class ImageDataModule(LightningDataModule):
         if index.splits is None and self.test_fraction > 0:
             parts = stratified_split(index.labels[pool], {"test": self.test_fraction}, self.split_seed)
             test, pool = pool[parts["test"]], pool[parts["rest"]]
+        counts = np.bincount(index.labels[pool], minlength=len(index.classes))
+        if counts.min() < self.n_folds:
+            fewest = int(counts.min())
+            advice = f"use data.n_folds<={fewest}" if fewest >= 2 else "k-fold needs 2 or more images of every class"
+            raise DataSourceError(f"data.n_folds={self.n_folds} is more than the {fewest} training-pool images of "
+                                  f"class {index.classes[int(counts.argmin())]!r} in {self._where()}: every fold must "
+                                  f"validate every class; {advice}")
         fold_of = stratified_folds(index.labels[pool], self.n_folds, self.split_seed)
         return {"train": pool[fold_of != self.fold], "val": pool[fold_of == self.fold], "test": test}
 
