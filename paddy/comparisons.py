@@ -80,17 +80,37 @@ def group_runs(runs: list[rp.Run], metric: str) -> list[Group]:
 
 
 def _labels(members: list[list[rp.Run]]) -> list[str]:
-    """Each group's overrides that differ between the groups (``attention=ca``), else ``config <i>``."""
-    options = []
-    for runs in members:
-        found = rp.overrides_dict(runs[0].overrides)
-        options.append({k: raw for k, (raw, _) in found.items() if k not in REPEAT_KEYS and not k.startswith("hydra")})
+    """What tells the groups apart: their differing overrides (``attention=ca``), then any other differing
+    config value (``data.scaled_decode=True``, e.g. runs of two paddy versions); else ``config <i>``."""
+    overrides = [{k: raw for k, (raw, _) in rp.overrides_dict(runs[0].overrides).items()
+                  if k not in REPEAT_KEYS and not k.startswith("hydra")} for runs in members]
+    by_override = _differing(overrides)
+    covered = tuple({k for o in overrides for k in o if len({str(x.get(k)) for x in overrides}) > 1})
+    configs = [{k: v for k, v in _flat(_identity_node(runs[0])).items() if not k.startswith(covered or ("\0",))}
+               for runs in members]
+    labels = [" ".join(part for part in pair if part) for pair in zip(by_override, _differing(configs))]
+    if all(labels) and len(set(labels)) == len(labels):
+        return labels
+    return [f"config {i + 1}" if len(members) > 1 else "all runs" for i in range(len(members))]
+
+
+def _differing(options: list[dict[str, Any]], most: int = 4) -> list[str]:
     keys = sorted({k for o in options for k in o})
-    differing = [k for k in keys if len({o.get(k) for o in options}) > 1]
-    labels = [" ".join(f"{k}={o[k]}" if k in o else f"{k}=(default)" for k in differing) for o in options]
-    if len(set(labels)) < len(labels) or not all(labels):
-        return [f"config {i + 1}" if len(members) > 1 else "all runs" for i in range(len(members))]
-    return labels
+    differing = [k for k in keys if len({str(o.get(k, "(unset)")) for o in options}) > 1][:most]
+    return [" ".join(f"{k}={o.get(k, '(unset)')}" for k in differing) for o in options]
+
+
+def _identity_node(run: rp.Run) -> Any:
+    return OmegaConf.to_container(OmegaConf.create(config_identity(run))) if run.config is not None else {}
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(node, dict):
+        return {prefix: node}
+    found: dict[str, Any] = {}
+    for key, value in node.items():
+        found.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+    return found
 
 
 # ------------------------------------------------------------------------------------------- comparisons

@@ -172,3 +172,14 @@ def test_more_folds_than_the_smallest_class_is_refused_in_one_line(tmp_path: Pat
     assert ("data.n_folds=10 is more than the 9 training-pool images of class 'class_0' in data=synthetic: every "
             "fold must validate every class; use data.n_folds<=9") in result.stderr + result.stdout
     assert "Traceback" not in result.stderr
+
+
+def test_configs_that_differ_outside_the_overrides_are_not_pooled(tmp_path: Path):
+    """Same overrides, but one run's config has another value (say, an older paddy): two configurations,
+    labelled by that value, never one group that mixes them."""
+    sweep = seed_sweep(tmp_path, {"ca": [0.86, 0.88, 0.87]})
+    config = sweep / "2" / ".hydra" / "config.yaml"
+    config.write_text(config.read_text().replace("image_size: 32", "image_size: 48"))
+    assert report_main([str(sweep)]) == 0
+    rows = {r["configuration"]: int(r["n"]) for r in csv.DictReader((sweep / "statistics.csv").open())}
+    assert rows == {"data.image_size=32": 2, "data.image_size=48": 1}
