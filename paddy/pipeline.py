@@ -32,6 +32,7 @@ from paddy.models.factory import ModelConfigError, build_model
 from paddy.settings import check_settings, check_writable, class_weights
 from paddy.tasks.callbacks import EpochSeed, RunHistory, SlurmRequeue
 from paddy.tasks.classification import ClassificationTask
+from paddy.tasks.mlflow import log_run_artifacts
 from paddy.utils.artifacts import measure_throughput, model_size
 from paddy.utils.checkpoints import CheckpointError, check_state_dict, model_weights, read_checkpoint
 from paddy.utils.runtime import gpu_trainer_defaults, logs_muted, resolve_channels_last, resolve_precision, uses_gpu
@@ -192,6 +193,7 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> d
     if not trainer.is_global_zero:
         return metrics
     write_metrics(output_dir, metrics)
+    log_run_artifacts(trainer, output_dir, metrics)  # logger=mlflow|many: files, matrices, checkpoint tags
     save_predictions(cfg, datamodule, checkpoint, trainer_options, trusted)
     log.info("Done in %.0f s: best val acc %s (epoch %s), test acc %s. Artifacts in %s",
              metrics["total_time_s"], _fmt(metrics.get("valid_acc")), metrics.get("best_epoch"),

@@ -116,6 +116,7 @@ TRAIN_RULES: dict[str, Callable[[str, Any], Any]] = {
     "model.class_weights": lambda key, value: class_weights(OmegaConf.to_container(value)
                                                             if OmegaConf.is_config(value) else value),
     "data.sampler": lambda key, value: one_of(key, value, SAMPLERS),
+    "logger": lambda key, value: logger_packages(value),
     "save_predictions": lambda key, value: one_of(key, value, ("auto", True, False)),
 }
 
@@ -126,6 +127,25 @@ def check_folds(n_folds: Any, fold: Any) -> tuple[int | None, int]:
         return None, 0
     n = _checked("data.n_folds", n_folds, int, "null or an integer >= 2", lambda v: v >= 2)
     return n, _checked("data.fold", fold, int, f"an integer from 0 to {n - 1} (data.n_folds={n})", lambda v: 0 <= v < n)
+
+
+# Loggers whose package comes with an optional extra of paddy: class name -> (module, extra).
+LOGGER_EXTRAS = {"MLFlowLogger": ("mlflow", "paddy[mlflow]")}
+
+
+def logger_packages(loggers: Any) -> None:
+    """Each logger of the ``logger`` group that needs an optional extra has its package: without it the
+    run stops here, before any data is read, with the install command (not at the end of setup)."""
+    for name, node in (loggers.items() if OmegaConf.is_dict(loggers) else []):
+        target = str(node.get("_target_", "")) if OmegaConf.is_dict(node) else ""
+        module, extra = LOGGER_EXTRAS.get(target.rsplit(".", 1)[-1], (None, None))
+        if module is None:
+            continue
+        try:
+            __import__(module)
+        except ImportError:
+            raise SettingError(f"logger.{name} ({target}) needs the {module} package, which is not installed: "
+                               f"pip install '{extra}'") from None
 
 
 def one_of(key: str, value: Any, allowed: tuple[str, ...]) -> str:
