@@ -81,7 +81,7 @@ def _instantiate_all(group: DictConfig | None) -> list[Any]:
     return [instantiate(node) for node in group.values() if node is not None and "_target_" in node]
 
 
-RECIPE_CALLBACKS = ("freeze", "ema", "trainer_guard")  # top-level nodes: a callback's _target_ and `enabled`
+RECIPE_CALLBACKS = ("freeze", "ema", "trainer_guard", "explain")  # top-level nodes: a callback's _target_ and `enabled`
 
 
 def recipe_callbacks(cfg: DictConfig) -> list[L.Callback]:

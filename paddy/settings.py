@@ -92,6 +92,12 @@ def _optional(check: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
     return lambda key, value: None if value is None else check(key, value)
 
 
+def _cam_methods() -> tuple[str, ...]:
+    from paddy.explain import CAM_METHODS  # imports Hydra and torch: only when the setting is checked
+
+    return tuple(CAM_METHODS)
+
+
 SAMPLERS = ("shuffle", "balanced")  # data.sampler: the training order (see paddy.data.datamodule)
 
 TRAIN_RULES: dict[str, Callable[[str, Any], Any]] = {
@@ -116,6 +122,8 @@ TRAIN_RULES: dict[str, Callable[[str, Any], Any]] = {
     "model.class_weights": lambda key, value: class_weights(OmegaConf.to_container(value)
                                                             if OmegaConf.is_config(value) else value),
     "data.sampler": lambda key, value: one_of(key, value, SAMPLERS),
+    "explain.method": lambda key, value: one_of(key, value, _cam_methods()),
+    "explain.n_images": positive_int,
     "logger": lambda key, value: logger_packages(value),
     "save_predictions": lambda key, value: one_of(key, value, ("auto", True, False)),
 }

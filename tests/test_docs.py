@@ -46,7 +46,7 @@ NOT_COMPOSED: dict[str, str] = {
 
 # The entry points whose commands are checked, and the config each composes (None: not Hydra).
 ENTRY_CONFIGS = {"train": "train", "evaluate": "evaluate", "predict": "predict", "export": "export",
-                 "benchmark": None}
+                 "explain": "explain", "benchmark": None}
 ENTRY = re.compile(r"(?<![\w.-])-m\s+paddy\.(" + "|".join(ENTRY_CONFIGS) + r")(?=\s|$)")
 FENCE = re.compile(r"^\s*(```+|~~~+)(.*)$")
 # Flags of a Hydra app: dropped (with their value where they take one); any other flag is an error.
