@@ -7,7 +7,7 @@ CONSTRAINTS := requirements/constraints.txt
 WHEEL_PYTHON ?= 3.12
 WHEELHOUSE ?= wheelhouse
 
-.PHONY: install data test test-all lint docs docs-serve wheelhouse clean
+.PHONY: install data test test-all lint docs docs-serve wheelhouse gpu-wheels gpu-check clean
 
 install:
 	$(PYTHON) -m venv $(VENV)
@@ -42,5 +42,24 @@ docs-serve:
 wheelhouse:
 	$(BIN)/python scripts/build_wheelhouse.py --dest $(WHEELHOUSE) --python-version $(WHEEL_PYTHON)
 
+# The wheels `make gpu-check` installs on the lent GPU machine (CPython 3.12 with torch, timm, lightning,
+# torchmetrics, OpenCV, NumPy, SciPy, PyYAML, tqdm): the packages it lacks with their dependencies, less
+# those it has, into $(GPU_WHEELS)/ (18 wheels, ~14 MiB); carry that folder to the machine.
+GPU_WHEELS ?= gpu-wheels
+GPU_LACKS := hydra-core,omegaconf,hydra-optuna-sweeper,optuna,albumentations,simplejpeg
+GPU_HAS := numpy,pyyaml,tqdm,packaging,markupsafe,scipy,opencv-python-headless
+gpu-wheels:
+	$(BIN)/python scripts/build_wheelhouse.py --dest $(GPU_WHEELS) --python-version 3.12 --only $(GPU_LACKS) \
+		--exclude $(GPU_HAS)
+
+# The GPU check (docs/development.md#gpu-check): install $(GPU_WHEELS)/, pytest -m gpu, the throughput benchmark
+# of lite0_ca and the in-device ratios of mnv3s_ca and effv2s_ca; results and log in $(GPU_CHECK_OUT).
+# Its Python: the venv's where there is one, else python3 (the GPU machine's, which has torch).
+GPU_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+GPU_CHECK_OUT ?= benchmarks/results
+GPU_CHECK_ARGS ?=
+gpu-check:
+	$(GPU_PYTHON) scripts/gpu_check.py --out $(GPU_CHECK_OUT) --wheels $(GPU_WHEELS) $(GPU_CHECK_ARGS)
+
 clean:
-	rm -rf $(VENV) $(WHEELHOUSE) build dist site .pytest_cache
+	rm -rf $(VENV) $(WHEELHOUSE) $(GPU_WHEELS) build dist site .pytest_cache

@@ -18,6 +18,9 @@ are built into wheels locally.
 Usage::
 
     python scripts/build_wheelhouse.py --dest wheelhouse --python-version 3.12
+
+``--only NAME,...`` collects just those distributions and their dependencies (no paddy wheel), less
+``--exclude``: the few packages a machine that runs paddy from a checkout lacks (``make gpu-wheels``).
 """
 
 from __future__ import annotations
@@ -85,6 +88,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="NAME",
         help="extra distribution to leave out (repeatable or comma-separated); "
         f"{', '.join(ALWAYS_EXCLUDED)}, nvidia-* and cuda-* are always left out",
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="collect only these distributions (installed here) and their dependencies, without paddy's own "
+        "wheel (repeatable or comma-separated): the packages a machine that runs paddy from a checkout lacks",
     )
     parser.add_argument(
         "--constraints",
@@ -220,13 +231,14 @@ def resolve(
     root_requirements: list[str],
     env: dict[str, str],
     excluded: set[NormalizedName],
+    root: str = ROOT_PACKAGE,
 ) -> tuple[dict[NormalizedName, Pin], dict[NormalizedName, set[str]]]:
     """Walk Requires-Dist from the root; return the pins and the requirements on excluded packages."""
     installed = installed_distributions()
     pins: dict[NormalizedName, Pin] = {}
     excluded_reqs: dict[NormalizedName, set[str]] = {}
     seen: set[tuple[NormalizedName, frozenset[str]]] = set()
-    queue: list[tuple[str, list[str], set[str]]] = [(ROOT_PACKAGE, root_requirements, set())]
+    queue: list[tuple[str, list[str], set[str]]] = [(root, root_requirements, set())]
     while queue:
         parent, requirements, extras = queue.pop()
         for line in requirements:
@@ -251,12 +263,14 @@ def resolve(
     return pins, excluded_reqs
 
 
-def remove_stale_wheels(dest: Path, pins: dict[NormalizedName, Pin]) -> None:
-    """Delete wheels left in ``dest`` by an earlier run for other versions of the packages pinned now."""
+def remove_stale_wheels(dest: Path, pins: dict[NormalizedName, Pin], keep_unpinned: bool = True) -> None:
+    """Delete wheels left in ``dest`` by an earlier run for other versions of the packages pinned now
+    (and, unless ``keep_unpinned``, of packages not pinned now: ``--only`` sets are installed whole)."""
     for wheel in dest.glob("*.whl"):
         name, version = parse_wheel_filename(wheel.name)[:2]
         pin = pins.get(name)
-        if pin is not None and pin.version is not None and version != Version(pin.version):
+        other_version = pin is not None and pin.version is not None and version != Version(pin.version)
+        if other_version or (pin is None and not keep_unpinned):
             print(f"removing stale {wheel.name}")
             wheel.unlink()
 
@@ -294,9 +308,22 @@ def write_readme(
     python_version: str,
     platforms: list[str],
     excluded_reqs: dict[NormalizedName, set[str]],
-    own_wheel: Path,
+    own_wheel: Path | None,
 ) -> None:
     needs = "\n".join(f"  {name}: " + "; ".join(sorted(reqs)) for name, reqs in sorted(excluded_reqs.items()))
+    if own_wheel is None:  # --only: a set for a machine that runs paddy from a checkout
+        dest.joinpath("README.txt").write_text(
+            f"""Wheels for CPython {python_version} on Linux ({", ".join(platforms)}): what a machine that runs
+paddy from a checkout lacks, with their dependencies, less what it has. Left out; the target must have:
+{needs}
+
+Install, with no access to a package registry (all at once, none of pip's resolving):
+
+    pip install --no-index --no-deps --target /tmp/paddy-site {dest.name}/*.whl
+    export PYTHONPATH=/tmp/paddy-site:$PWD      # from the checkout
+"""
+        )
+        return
     dest.joinpath("README.txt").write_text(
         f"""Offline wheelhouse for {own_wheel.name}
 
@@ -320,15 +347,12 @@ plus what is already installed, and keeps the existing torch/torchvision. Check 
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if not re.fullmatch(r"\d+\.\d+", args.python_version):
-        raise SystemExit(f"--python-version must look like 3.12, got {args.python_version!r}")
-    platforms = expand_platforms(args.platform or [DEFAULT_PLATFORM])
-    excluded = {canonicalize_name(n) for item in args.exclude for n in item.split(",") if n.strip()}
-    dest: Path = args.dest.resolve()
-    dest.mkdir(parents=True, exist_ok=True)
-
+def root_requirements(only: list[str], dest: Path) -> tuple[list[str], str, Path | None]:
+    """Where the walk starts: the ``--only`` names, or the requirements of paddy's wheel (built into
+    ``dest``). Returns them, the root's name (for messages) and paddy's wheel (None with ``--only``)."""
+    names = [name.strip() for item in only for name in item.split(",") if name.strip()]
+    if names:
+        return names, "--only", None
     try:
         metadata.distribution(ROOT_PACKAGE)
     except metadata.PackageNotFoundError:
@@ -338,9 +362,21 @@ def main(argv: list[str] | None = None) -> int:
         ) from None
     own_wheel = build_own_wheel(dest)
     print(f"built {own_wheel.name} (contains {ROOT_PACKAGE}/conf/train.yaml)")
+    return wheel_requirements(own_wheel), ROOT_PACKAGE, own_wheel
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not re.fullmatch(r"\d+\.\d+", args.python_version):
+        raise SystemExit(f"--python-version must look like 3.12, got {args.python_version!r}")
+    platforms = expand_platforms(args.platform or [DEFAULT_PLATFORM])
+    excluded = {canonicalize_name(n) for item in args.exclude for n in item.split(",") if n.strip()}
+    dest: Path = args.dest.resolve()
+    dest.mkdir(parents=True, exist_ok=True)
+
+    roots, root_name, own_wheel = root_requirements(args.only, dest)
     env = target_environment(args.python_version, platforms)
-    pins, excluded_reqs = resolve(wheel_requirements(own_wheel), env, excluded)
+    pins, excluded_reqs = resolve(roots, env, excluded, root_name)
     constraints = read_constraints(args.constraints)
     for pin in pins.values():
         pinned = constraints.get(pin.name)
@@ -353,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: not installed here, newest matching version used: {', '.join(unpinned)}")
     print(f"{len(pins)} dependencies to fetch (excluded: {', '.join(sorted(excluded_reqs))})")
 
-    remove_stale_wheels(dest, pins)
+    remove_stale_wheels(dest, pins, keep_unpinned=own_wheel is not None)
     reqs = sorted(pin.requirement for pin in pins.values())
     failed: list[str] = []
     if not pip_download(reqs, dest, args.python_version, platforms):
