@@ -4,6 +4,7 @@
     python -m paddy.evaluate ckpt_path=outputs/.../checkpoints/last.ckpt split=val batch_size=64
     python -m paddy.evaluate ckpt_path=outputs/... +data.root=/mnt/paddy            # the run's data config, moved
     python -m paddy.evaluate ckpt_path=outputs/... data=imagefolder data.root=/x data.image_size=224
+    python -m paddy.evaluate ckpt_path=multirun/kfold                              # the folds' ensemble, test split
 
 Data: by default the run's own data config, stored in the checkpoint (same source, same seeded
 split, same eval transform), so ``split=test`` is the very test set the run was tested on.
@@ -19,6 +20,14 @@ curve; multiclass: one-vs-rest per class + macro AUC), ``predictions_<split>.csv
 sample) and ``eval_config.yaml``. Hydra writes nothing of its own (no ``outputs/`` folder, no log
 file): ``hydra.run.dir`` is the working directory and ``hydra.output_subdir`` is null.
 
+Ensembles (``ckpt_path`` a sweep directory or a list, see :mod:`paddy.predict`): each run is
+evaluated on the split with its own data config (same images, its own preprocessing; refused when the
+runs' splits hold other images, and on ``split=val`` for different k-fold folds, whose val images the
+other folds trained on); the ensemble's probabilities are the weighted mean of the runs' softmax outputs
+and get the full reports above, in ``<sweep dir>/eval_<split>_ensemble/`` (runs of one sweep) or
+``<first run>/eval_<split>_ensemble/``, plus ``ensemble.md``/``.json``: each run's metrics next to the
+ensemble's (also printed).
+
 Exit status: 0 when evaluated; 2 for a bad checkpoint, split or data config (one line, no traceback).
 """
 
@@ -31,20 +40,21 @@ import math
 import statistics
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import hydra
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 import paddy  # noqa: F401  (sets the offline environment before albumentations is imported)
 from paddy.artifacts import write_metrics
 from paddy.config import TRUSTED_TARGETS, config_dir
 from paddy.errors import PaddyError, reported
 from paddy.model_inputs import input_features
-from paddy.utils.checkpoints import load_trained_model, resolve_checkpoint, run_dir_of
+from paddy.predict import Member, ensemble_shares, load_members
 from paddy.utils.runtime import resolve_channels_last, time_steps
 
 log = logging.getLogger("paddy")
@@ -52,6 +62,13 @@ log = logging.getLogger("paddy")
 _SPLIT_ALIASES = {"valid": "val", "validation": "val", "testing": "test", "training": "train"}
 MAX_ANNOTATED_CLASSES = 30
 MAX_LEGEND_CLASSES = 20
+# The data keys that decide which images a split holds (compared when an ensemble's members' splits differ).
+SPLIT_KEYS = ("source", "root", "split_seed", "val_fraction", "test_fraction", "n_folds", "fold", "train_limit",
+              "valid_limit", "test_limit", "on_bad_image")
+# The ensemble table's metric columns: metrics key -> header.
+ENSEMBLE_COLUMNS = {"accuracy": "accuracy", "f1_macro": "F1 macro", "f1_weighted": "F1 weighted",
+                    "precision_macro": "precision macro", "recall_macro": "recall macro", "auc": "AUC",
+                    "top3_accuracy": "top-3 acc", "loss": "loss"}
 
 
 class EvaluationError(PaddyError):
@@ -305,64 +322,195 @@ def measure_batch_throughput(model: torch.nn.Module, batch: Any, device: torch.d
 # ---------------------------------------------------------------------------------------------- evaluate
 
 
-def evaluate(ckpt_path: str | Path, split: str = "test", data_config: Mapping[str, Any] | None = None,
+def evaluate(ckpt_path: Any, split: str = "test", data_config: Mapping[str, Any] | None = None,
              output_dir: str | Path | None = None, device: str | torch.device | None = None,
              batch_size: int | None = None, num_workers: int | None = None, latency_runs: int = 50,
-             throughput_runs: int = 10, weights: str = "auto", trusted: bool = False) -> dict[str, Any]:
-    """Evaluate a trained run's checkpoint on one split of its data; write the report files.
+             throughput_runs: int = 10, weights: str = "auto", trusted: bool = False,
+             ensemble_weights: Sequence[float] | None = None) -> dict[str, Any]:
+    """Evaluate a trained run's checkpoint, or an ensemble of runs, on one split of its data; write the reports.
 
     Args:
-        ckpt_path: a ``.ckpt`` file or a run directory (its best checkpoint).
+        ckpt_path: a ``.ckpt`` file or a run directory (its best checkpoint); a sweep directory or a
+            list names several runs (:func:`paddy.predict.member_runs`): an ensemble, whose
+            probabilities are the weighted mean of its members' softmax outputs.
         split: ``train``, ``val`` or ``test``.
-        data_config: ``None``: the run's data config (from the checkpoint); a mapping with
-            ``_target_``: a full data config used instead; otherwise keys merged into the run's.
-        output_dir: where the files go (default ``<run dir>/eval_<split>``).
+        data_config: ``None``: each run's data config (from its checkpoint); a mapping with
+            ``_target_``: a full data config used instead; otherwise keys merged into each run's.
+        output_dir: where the files go (default :func:`default_output_dir`).
         device: ``cuda``, ``cpu``, ... (default: CUDA when available).
         batch_size: eval batch size (default: the run's ``data.eval_batch_size`` / ``batch_size``).
         num_workers: loader processes (default: the data config's).
         latency_runs, throughput_runs: timed forward passes (0 skips that measurement).
         weights: ``auto`` / ``raw`` / ``ema`` (see :func:`paddy.utils.checkpoints.load_trained_model`).
         trusted: read a checkpoint that needs more than the weights-only loader (can run code).
+        ensemble_weights: one weight per run, in order (normalised; None: equal).
 
     Returns:
-        The contents of ``metrics_<split>.json``.
+        The contents of ``metrics_<split>.json``; for an ensemble also ``members`` (each run's metrics).
     """
     started = time.perf_counter()
     split = _SPLIT_ALIASES.get(str(split).lower(), str(split).lower())
-    ckpt = resolve_checkpoint(ckpt_path)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model, class_names, run_config = load_trained_model(ckpt, device=device, weights=weights, trusted=trusted)
-    channels_last = resolve_channels_last((run_config.get("model") or {}).get("channels_last"),
-                                          device.type == "cuda") and device.type == "cuda"
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    data = _data_config(run_config, data_config, batch_size, num_workers)
-    datamodule = _split_datamodule(data, run_config, class_names, split, model)
-    loader = torch.utils.data.DataLoader(datamodule.dataset(split), batch_size=datamodule.eval_batch_size,
-                                         shuffle=False, num_workers=datamodule.num_workers,
-                                         pin_memory=device.type == "cuda")
-    out = Path(output_dir) if output_dir else run_dir_of(ckpt) / f"eval_{split}"
+    members = load_members(ckpt_path, device=device, weights=weights, trusted=trusted)
+    shares = ensemble_shares(ensemble_weights, members)
+    datas = [_data_config(m.config, data_config, batch_size, num_workers) for m in members]
+    _check_fold_split(members, split)
+    out = Path(output_dir) if output_dir else default_output_dir(members, split)
     out.mkdir(parents=True, exist_ok=True)
-    log.info("Evaluating %s on the %s split (%d images, batch %d) on %s", ckpt, split, len(loader.dataset),
-             datamodule.eval_batch_size, device)
-    logits, labels, first_batch, loop_time = predict_split(model, loader, device, channels_last, split)
+    runs = _run_members(members, datas, split, device, latency_runs, throughput_runs)
+    class_names = members[0].class_names
+    logits, labels = ensemble_logits([run.logits for run in runs], shares), runs[0].labels
     metrics = classification_metrics(logits, labels, class_names)
     curves = metrics.pop("_roc_curves")
     result: dict[str, Any] = {
-        "checkpoint": str(ckpt), "run_dir": str(run_dir_of(ckpt)), "split": split,
-        "model_name": (run_config.get("model") or {}).get("name"), "num_classes": len(class_names),
-        "classes": list(class_names), **metrics,
-        **measure_speed(model, first_batch, device, latency_runs, throughput_runs, len(labels), loop_time),
-        "device": str(device), "torch": torch.__version__,
+        **_identity(members, split), "num_classes": len(class_names), "classes": list(class_names), **metrics,
+        **ensemble_speed([run.speed for run in runs]), "device": str(device), "torch": torch.__version__,
     }
     write_reports(out, metrics, curves, class_names)
-    _write_predictions(out / f"predictions_{split}.csv", datamodule.split_indices[split].items, labels, logits,
-                       class_names)
-    OmegaConf.save(OmegaConf.create({"ckpt_path": str(ckpt), "split": split, "data": data}), out / "eval_config.yaml")
+    _write_predictions(out / f"predictions_{split}.csv", runs[0].items, labels, logits, class_names)
+    OmegaConf.save(_eval_config(members, shares, split, datas), out / "eval_config.yaml")
     result["output_dir"] = str(out)
+    if len(members) > 1:
+        result["ensemble_weights"] = shares
+        result["members"] = member_results(members, shares, runs)
+        write_ensemble_table(out, result)
     result["eval_time_s"] = round(time.perf_counter() - started, 2)
     write_metrics(out, result, f"metrics_{split}.json")
     return result
+
+
+@dataclass
+class MemberRun:
+    """One member's outputs on the split: logits and labels (CPU), the split's items and its speed."""
+
+    logits: torch.Tensor
+    labels: torch.Tensor
+    items: list[str]
+    speed: dict[str, Any]
+
+
+def _identity(members: Sequence[Member], split: str) -> dict[str, Any]:
+    """What was evaluated: one run's checkpoint, run directory and model name; an ensemble's, as lists."""
+    if len(members) == 1:
+        member = members[0]
+        return {"checkpoint": str(member.checkpoint), "run_dir": str(member.run_dir), "split": split,
+                "model_name": (member.config.get("model") or {}).get("name")}
+    return {"checkpoint": [str(m.checkpoint) for m in members], "run_dir": [str(m.run_dir) for m in members],
+            "split": split, "model_name": [(m.config.get("model") or {}).get("name") for m in members]}
+
+
+def _eval_config(members: Sequence[Member], shares: Sequence[float], split: str,
+                 datas: Sequence[dict[str, Any]]) -> DictConfig:
+    """What ``eval_config.yaml`` records: the checkpoint(s), the split and the data config(s) (+ the weights)."""
+    if len(members) == 1:
+        return OmegaConf.create({"ckpt_path": str(members[0].checkpoint), "split": split, "data": datas[0]})
+    return OmegaConf.create({"ckpt_path": [str(m.checkpoint) for m in members], "ensemble_weights": list(shares),
+                             "split": split, "data": list(datas)})
+
+
+def default_output_dir(members: Sequence[Member], split: str) -> Path:
+    """One run: ``<run dir>/eval_<split>``. An ensemble: ``<sweep dir>/eval_<split>_ensemble`` when its runs
+    are the jobs of one sweep directory (``multirun/kfold/eval_test_ensemble``), else the same folder in the
+    first run's directory."""
+    if len(members) == 1:
+        return members[0].run_dir / f"eval_{split}"
+    sweeps = {m.sweep for m in members}
+    base = members[0].sweep if len(sweeps) == 1 and members[0].sweep is not None else members[0].run_dir
+    return base / f"eval_{split}_ensemble"
+
+
+def _check_fold_split(members: Sequence[Member], split: str) -> None:
+    """Refuse the val (or train) split of an ensemble of runs trained as different k-fold folds: each fold's val
+    split is other images, and the others trained on them; the test split, set aside first, is the folds' common
+    one. The runs' own data configs decide (a ``+data.fold=`` override does not undo what they trained on)."""
+    folds = [((m.config.get("data") or {}).get("n_folds"), (m.config.get("data") or {}).get("fold")) for m in members]
+    if split == "test" or not any(n for n, _ in folds):
+        return
+    other = next((i for i, fold in enumerate(folds) if fold != folds[0]), None)
+    if other is not None:
+        raise EvaluationError(
+            f"split={split}: {members[0].name} (data.fold={folds[0][1]} of n_folds={folds[0][0]}) and "
+            f"{members[other].name} (data.fold={folds[other][1]} of n_folds={folds[other][0]}) are different k-fold "
+            f"folds, so their {split} splits hold other images (and each fold's val images trained the other folds): "
+            f"evaluate a fold ensemble on split=test")
+
+
+def _run_members(members: Sequence[Member], datas: Sequence[dict[str, Any]], split: str, device: torch.device,
+                 latency_runs: int, throughput_runs: int) -> list[MemberRun]:
+    """Each member's logits on ``split`` of its own data config (its image size, normalisation and extra inputs),
+    refused when a member's split holds other images than the first's. Members whose data configs split alike
+    share one set-up data module."""
+    modules: dict[str, Any] = {}
+    runs: list[MemberRun] = []
+    for member, data in zip(members, datas):
+        key = json.dumps({"data": {k: v for k, v in data.items() if not (split == "test" and k == "fold")},
+                          "seed": member.config.get("seed")}, sort_keys=True, default=str)
+        if key not in modules:
+            modules[key] = _split_datamodule(data, member.config, member.class_names, split, member.model)
+        datamodule = modules[key]
+        datamodule.request_features(input_features(member.model), member.config.get("model"))
+        items = list(datamodule.split_indices[split].items)
+        if runs and items != runs[0].items:
+            raise EvaluationError(_split_difference(members[0], member, datas[0], data, split, len(runs[0].items),
+                                                    len(items)))
+        runs.append(_run_member(member, datamodule, split, device, latency_runs, throughput_runs))
+    return runs
+
+
+def _split_difference(first: Member, other: Member, first_data: Mapping[str, Any], data: Mapping[str, Any],
+                      split: str, n_first: int, n_other: int) -> str:
+    keys = [key for key in SPLIT_KEYS if first_data.get(key) != data.get(key)]
+    differences = [f"data.{key}={data.get(key)} vs {first_data.get(key)}"
+                   if not isinstance(data.get(key), Mapping) else f"another data.{key}" for key in keys]
+    return (f"{other.name} and {first.name} have different {split} splits ({n_other} vs {n_first} images"
+            + "".join(f"; {d}" for d in differences) + "): an ensemble is evaluated on runs of the same data split")
+
+
+def _run_member(member: Member, datamodule: Any, split: str, device: torch.device, latency_runs: int,
+                throughput_runs: int) -> MemberRun:
+    """One member's logits on ``split`` (:func:`predict_split`) and its speed (:func:`measure_speed`)."""
+    model = member.model
+    channels_last = resolve_channels_last((member.config.get("model") or {}).get("channels_last"),
+                                          device.type == "cuda") and device.type == "cuda"
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    loader = torch.utils.data.DataLoader(datamodule.dataset(split), batch_size=datamodule.eval_batch_size,
+                                         shuffle=False, num_workers=datamodule.num_workers,
+                                         pin_memory=device.type == "cuda")
+    log.info("Evaluating %s on the %s split (%d images, batch %d) on %s", member.checkpoint, split,
+             len(loader.dataset), datamodule.eval_batch_size, device)
+    logits, labels, first_batch, loop_time = predict_split(model, loader, device, channels_last, split)
+    speed = measure_speed(model, first_batch, device, latency_runs, throughput_runs, len(labels), loop_time)
+    return MemberRun(logits, labels, list(datamodule.split_indices[split].items), speed)
+
+
+def ensemble_logits(logits: Sequence[torch.Tensor], shares: Sequence[float]) -> torch.Tensor:
+    """The members' logits as one model's: one member's as they are; several: the log of the ``shares``-weighted
+    mean of their softmax outputs (so its softmax is that mean and its cross-entropy the ensemble's loss)."""
+    if len(logits) == 1:
+        return logits[0]
+    mean = sum(share * member.float().softmax(dim=1) for member, share in zip(logits, shares))
+    return mean.clamp_min(torch.finfo(mean.dtype).tiny).log()
+
+
+def ensemble_speed(speeds: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One member's :func:`measure_speed`; an ensemble's members run one after another: their latencies add up
+    (median and p90: the sums of theirs), as do their seconds per image; peak memory: the largest."""
+    if len(speeds) == 1:
+        return dict(speeds[0])
+    latencies = [speed["latency_ms"] for speed in speeds]
+    latency = None if None in latencies else {
+        **latencies[0], "median_ms": round(sum(lat["median_ms"] for lat in latencies), 4),
+        "p90_ms": round(sum(lat["p90_ms"] for lat in latencies), 4)}
+
+    def rate(key: str) -> float | None:
+        values = [speed[key] for speed in speeds]
+        return None if not all(values) else round(1 / sum(1 / v for v in values), 1)
+
+    peaks = [speed["peak_gpu_memory_mb"] for speed in speeds if speed["peak_gpu_memory_mb"] is not None]
+    return {"latency_ms": latency, "throughput_img_s": rate("throughput_img_s"),
+            "throughput_batch_size": speeds[0]["throughput_batch_size"], "end_to_end_img_s": rate("end_to_end_img_s"),
+            "peak_gpu_memory_mb": max(peaks) if peaks else None}
 
 
 def _split_datamodule(data: dict[str, Any], run_config: Mapping[str, Any], class_names: Sequence[str], split: str,
@@ -447,6 +595,46 @@ def _short_list(names: Sequence[str], limit: int = 6) -> str:
     return f"[{shown}{', ...' if len(names) > limit else ''}] ({len(names)})"
 
 
+def member_results(members: Sequence[Member], shares: Sequence[float], runs: Sequence[MemberRun]) -> list[dict]:
+    """Each member's own metrics on the split (as :func:`classification_metrics` gives them) with its weight."""
+    rows = []
+    for member, share, run in zip(members, shares, runs):
+        metrics = classification_metrics(run.logits, run.labels, member.class_names)
+        metrics.pop("_roc_curves")
+        rows.append({"name": member.name, "checkpoint": str(member.checkpoint),
+                     "model_name": (member.config.get("model") or {}).get("name"),
+                     "image_size": (member.config.get("data") or {}).get("image_size"), "weight": share,
+                     **metrics, **run.speed})
+    return rows
+
+
+def ensemble_table(result: Mapping[str, Any]) -> str:
+    """A Markdown table: one row per member of an ensemble and one for the ensemble (``result``: its
+    :func:`evaluate` result), with :data:`ENSEMBLE_COLUMNS` where any row has a value."""
+    rows = [*result["members"], {**result, "name": "**ensemble**", "model_name": "", "image_size": "",
+                                 "weight": sum(m["weight"] for m in result["members"])}]
+    keys = [key for key in ENSEMBLE_COLUMNS if any(row.get(key) is not None for row in rows)]
+    lines = ["| run | model | img px | weight | " + " | ".join(ENSEMBLE_COLUMNS[k] for k in keys) + " |",
+             "|---|---|---:|---:|" + "---:|" * len(keys)]
+    for row in rows:
+        values = ["-" if row.get(k) is None else f"{row[k]:.4f}" for k in keys]
+        lines.append(f"| {row['name']} | {row.get('model_name') or ''} | {row.get('image_size') or ''} | "
+                     f"{row['weight']:.3f} | " + " | ".join(values) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_ensemble_table(out: Path, result: Mapping[str, Any]) -> None:
+    """``ensemble.md`` (:func:`ensemble_table` under a title) and ``ensemble.json`` (each member's metrics and
+    the ensemble's) for an ensemble's :func:`evaluate` result."""
+    title = (f"# Ensemble of {len(result['members'])} runs, {result['split']} split ({result['num_samples']} "
+             f"images)\n\nThe ensemble's probabilities: the weighted mean of its members' softmax outputs.\n\n")
+    (out / "ensemble.md").write_text(title + ensemble_table(result))
+    summary = {key: result.get(key) for key in ("num_samples", *ENSEMBLE_COLUMNS, "latency_ms", "throughput_img_s")}
+    write_metrics(out, {"split": result["split"], "classes": result["classes"],
+                        "ensemble_weights": result["ensemble_weights"], "members": result["members"],
+                        "ensemble": summary}, "ensemble.json")
+
+
 def format_summary(metrics: Mapping[str, Any]) -> str:
     """A few lines for the console."""
 
@@ -455,30 +643,34 @@ def format_summary(metrics: Mapping[str, Any]) -> str:
         return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
     latency = metrics.get("latency_ms") or {}
+    members = metrics.get("members")
+    evaluated = f"ensemble of {len(members)} runs" if members else metrics["checkpoint"]
     lines = [
-        f"{metrics['split']} split: {metrics['num_samples']} images, {metrics['num_classes']} classes "
-        f"({metrics['checkpoint']})",
+        f"{metrics['split']} split: {metrics['num_samples']} images, {metrics['num_classes']} classes ({evaluated})",
         f"  accuracy {num('accuracy')}  loss {num('loss')}  F1 macro {num('f1_macro')}  weighted {num('f1_weighted')}"
         f"  AUC {num('auc')}",
         f"  precision macro {num('precision_macro')}  recall macro {num('recall_macro')}",
-        f"  latency (batch 1, median) {latency.get('median_ms', 'n/a')} ms  throughput "
+        f"  latency (batch 1, median{', members summed' if members else ''}) {latency.get('median_ms', 'n/a')} ms"
+        f"  throughput "
         f"{metrics.get('throughput_img_s') or 'n/a'} img/s at batch {metrics.get('throughput_batch_size')} "
         f"on {metrics['device']}"
         + (f"  peak GPU memory {metrics['peak_gpu_memory_mb']} MB" if metrics.get("peak_gpu_memory_mb") else ""),
         f"  files in {metrics['output_dir']}",
     ]
-    return "\n".join(lines)
+    return "\n".join(lines) + (f"\n\n{ensemble_table(metrics)}" if members else "")
 
 
 @hydra.main(config_path=str(config_dir()), config_name="evaluate", execution_whitelist=list(TRUSTED_TARGETS))
 def main(cfg: DictConfig) -> None:
     with reported(log):
         data = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") else None
-        metrics = evaluate(cfg.ckpt_path, split=cfg.split, data_config=data, output_dir=cfg.get("output_dir"),
+        ckpt_path, shares = (OmegaConf.to_container(v) if isinstance(v, ListConfig) else v
+                             for v in (cfg.ckpt_path, cfg.get("ensemble_weights")))
+        metrics = evaluate(ckpt_path, split=cfg.split, data_config=data, output_dir=cfg.get("output_dir"),
                            device=cfg.get("device"), batch_size=cfg.get("batch_size"),
                            num_workers=cfg.get("num_workers"), latency_runs=int(cfg.get("latency_runs", 50)),
                            throughput_runs=int(cfg.get("throughput_runs", 10)), weights=cfg.get("weights", "auto"),
-                           trusted=bool(cfg.get("trust_checkpoint", False)))
+                           trusted=bool(cfg.get("trust_checkpoint", False)), ensemble_weights=shares)
     print(format_summary(metrics))
 
 
