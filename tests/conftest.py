@@ -11,6 +11,8 @@ import gzip
 import json
 import os
 import socket
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -22,6 +24,7 @@ import torch
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 # Verification verdicts and decoded-image caches of the tests' datasets stay out of the user's ~/.cache.
 os.environ.setdefault("PADDY_CACHE_DIR", tempfile.mkdtemp(prefix="paddy-test-cache-"))
+REPO = Path(__file__).resolve().parents[1]
 torch.set_num_threads(2)
 
 CLASSES = ["bacterial_leaf_blight", "blast", "normal"]
@@ -48,6 +51,14 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def run_module(module: str, *args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``python -m <module> <args>`` in ``cwd`` as a user runs it (the checkout importable, caches under ``cwd``)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PADDY_CACHE_DIR": str(cwd / "cache"),
+           "PYTHONWARNINGS": "ignore::DeprecationWarning"}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def class_image(class_id: int, rng: np.random.Generator, size: int = SIZE, channels: int = 3) -> np.ndarray:

@@ -6,13 +6,10 @@ from __future__ import annotations
 
 import csv
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY
+from conftest import TINY, run_module
 from test_report import make_run
 
 from paddy import stats
@@ -134,12 +131,6 @@ def test_single_runs_without_repeats_write_no_statistics(tmp_path: Path):
 
 KFOLD_DATA = ["data=synthetic", "data.source.samples_per_class=12", "data.source.image_size=32",
               "data.test_fraction=0.25", "trainer.max_epochs=1"]
-
-
-def run_module(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PADDY_CACHE_DIR": str(cwd / "cache"), "PYTHONWARNINGS": "ignore::DeprecationWarning"}
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=600)
 
 
 def test_kfold_report_writes_out_of_fold_predictions_covering_the_pool(tmp_path: Path):

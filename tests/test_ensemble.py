@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -20,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import run_module
 from omegaconf import OmegaConf
 
 from paddy.data.imageio import read_image
@@ -28,7 +26,6 @@ from paddy.evaluate import EvaluationError, evaluate, format_summary
 from paddy.predict import EnsembleError, collect_inputs, ensemble_shares, load_members, member_runs, predict
 from paddy.utils.checkpoints import load_trained_model
 
-REPO = Path(__file__).resolve().parents[1]
 TRAIN = ["data=synthetic", "backbone.name=test_resnet", "data.image_size=32", "trainer=debug", "data.num_workers=0",
          "trainer.limit_test_batches=1.0", "logger=csv", "++callbacks.rich_progress_bar=null"]
 
@@ -40,11 +37,6 @@ def _train(out: Path, *overrides: str) -> Path:
     train(compose_config([*TRAIN, *overrides, f"paths.output_dir={out}"]))
     return out
 
-
-def _cli(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "NO_ALBUMENTATIONS_UPDATE": "1"}
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=120)
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +171,7 @@ def test_one_member_evaluates_as_before(run_dir: Path, tmp_path: Path) -> None:
 
 
 def test_submission_from_a_fold_ensemble_is_one_command(fold_sweep: Path, images: Path, tmp_path: Path) -> None:
-    result = _cli("paddy.predict", f"ckpt_path={fold_sweep}", f"input={images}", cwd=tmp_path)
+    result = run_module("paddy.predict", f"ckpt_path={fold_sweep}", f"input={images}", cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "Ensemble of 2 runs" in result.stdout
     with (tmp_path / "predictions.csv").open() as handle:
@@ -202,7 +194,7 @@ def _relabelled(run_dir: Path, path: Path, names: list[str]) -> Path:
 def test_runs_of_different_class_lists_are_refused_in_one_line(run_dir: Path, images: Path, tmp_path: Path) -> None:
     other = _relabelled(run_dir, tmp_path / "other" / "checkpoints" / "last.ckpt",
                         ["class_0", "class_1", "class_2", "blast"])
-    result = _cli("paddy.predict", f"ckpt_path=[{run_dir},{other}]", f"input={images}", cwd=tmp_path)
+    result = run_module("paddy.predict", f"ckpt_path=[{run_dir},{other}]", f"input={images}", cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     lines = [line for line in (result.stdout + result.stderr).splitlines() if "class lists" in line]
     assert len(lines) == 1 and str(run_dir) in lines[0] and str(other) in lines[0], result.stdout + result.stderr

@@ -4,27 +4,17 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import run_module
 
 from paddy.evaluate import EvaluationError, evaluate
 from paddy.predict import collect_inputs, predict
 from paddy.utils.checkpoints import CheckpointError, load_trained_model, resolve_checkpoint
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _cli(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "NO_ALBUMENTATIONS_UPDATE": "1"}
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=120)
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +42,7 @@ def test_resolve_checkpoint(run_dir: Path, tmp_path: Path) -> None:
 
 
 def test_evaluate_cli_matches_training_test_acc(run_dir: Path, tmp_path: Path) -> None:
-    result = _cli("paddy.evaluate", f"ckpt_path={run_dir}", "latency_runs=3", "throughput_runs=1", cwd=tmp_path)
+    result = run_module("paddy.evaluate", f"ckpt_path={run_dir}", "latency_runs=3", "throughput_runs=1", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "accuracy" in result.stdout
     assert not (tmp_path / "outputs").exists() and not list(tmp_path.iterdir())  # Hydra leaves nothing behind
@@ -97,7 +87,7 @@ def test_checkpoint_of_another_model_is_a_clear_error(run_dir: Path, tmp_path: P
 
 
 def test_predict_cli_on_mixed_folder(run_dir: Path, images: Path, tmp_path: Path) -> None:
-    result = _cli("paddy.predict", f"ckpt_path={run_dir}", f"input={images}", "output=out/preds.csv", "topk=2",
+    result = run_module("paddy.predict", f"ckpt_path={run_dir}", f"input={images}", "output=out/preds.csv", "topk=2",
                   cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "corrupt.jpg" in result.stderr
@@ -129,7 +119,7 @@ def test_predict_tta_csv_and_submission(run_dir: Path, images: Path, tmp_path: P
     test_images.mkdir(parents=True)
     for name in ("200001.jpg", "200002.jpg"):
         (test_images / name).write_bytes((images / "photo.jpg").read_bytes())
-    result = _cli("paddy.predict", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", f"input={test_images}",
+    result = run_module("paddy.predict", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", f"input={test_images}",
                   "tta=true", f"output={tmp_path / 'kaggle' / 'preds.csv'}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     lines = (tmp_path / "kaggle" / "submission.csv").read_text().splitlines()
@@ -141,10 +131,10 @@ def test_predict_all_unreadable_exits_1(run_dir: Path, tmp_path: Path) -> None:
     bad.mkdir()
     (bad / "a.jpg").write_bytes(b"nope")
     (bad / "b.png").write_bytes(b"")
-    result = _cli("paddy.predict", f"ckpt_path={run_dir}", f"input={bad}", cwd=tmp_path)
+    result = run_module("paddy.predict", f"ckpt_path={run_dir}", f"input={bad}", cwd=tmp_path)
     assert result.returncode == 1
     assert "none of the 2 input image(s) could be read" in result.stderr
     assert not (tmp_path / "predictions.csv").exists()
-    missing = _cli("paddy.evaluate", f"ckpt_path={tmp_path / 'no-such-run'}", cwd=tmp_path)
+    missing = run_module("paddy.evaluate", f"ckpt_path={tmp_path / 'no-such-run'}", cwd=tmp_path)
     assert missing.returncode == 2 and "no such file or directory" in missing.stdout + missing.stderr
     assert "Traceback" not in missing.stderr

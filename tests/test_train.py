@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY
+from conftest import TINY, run_module
 from omegaconf import OmegaConf
 
 from paddy.config import compose_config, config_dir
@@ -129,9 +128,7 @@ def test_default_config_is_the_fashion_mnist_recipe():
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PADDY_CACHE_DIR": str(cwd / "cache"), "PYTHONWARNINGS": "ignore::DeprecationWarning"}
-    return subprocess.run([sys.executable, "-m", "paddy.train", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300)
+    return run_module("paddy.train", *args, cwd=cwd, timeout=300)
 
 
 def test_cli_trains_and_writes_the_run_dir(tmp_path: Path, paddy_root: Path):
