@@ -244,7 +244,7 @@ def test_missing_root_and_bad_options(tmp_path: Path):
 def test_validation_is_cached(paddy_root: Path, tmp_path: Path, monkeypatch):
     calls = []
     real = validation_module.check_and_decode
-    monkeypatch.setattr(validation_module, "check_and_decode", lambda p: calls.append(p) or real(p))
+    monkeypatch.setattr(validation_module, "check_and_decode", lambda p, *size: calls.append(p) or real(p, *size))
     cache = tmp_path / "cache"
     datamodule(PaddyDoctorSource, paddy_root, cache_dir=cache)
     assert len(calls) == len(CLASSES) * PER_CLASS

@@ -224,10 +224,10 @@ from paddy.data import validation
 decodes = 0
 check = validation.check_and_decode
 
-def counted(path):
+def counted(path, *args):
     global decodes
     decodes += 1
-    return check(path)
+    return check(path, *args)
 
 validation.check_and_decode = counted
 dm = ImageDataModule(PaddyDoctorSource, root=sys.argv[1], image_size=32, num_workers=0, cache_dir=sys.argv[2],

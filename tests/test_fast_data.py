@@ -19,7 +19,7 @@ from conftest import CLASSES, TINY, class_image, write_image
 from paddy.data import ImageDataModule, PaddyDoctorSource
 from paddy.data import cache as cache_module
 from paddy.data import validation as validation_module
-from paddy.data.cache import DecodedImageCache, default_short_side, shrink
+from paddy.data.cache import DecodedImageCache, decode_shrunk, default_short_side, shrink
 from paddy.data.gpu_augment import BatchAugment, unsupported_steps
 from paddy.data.imageio import ImageDecodeError
 from paddy.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform
@@ -81,8 +81,10 @@ def test_cache_is_filled_by_verification_and_reused(tmp_path: Path, monkeypatch:
     assert first.cache is not None and first.cache.complete
     image = first.index.reader(0)
     assert image.dtype == np.uint8 and image.shape == (40, 53, 3)  # 96x128 shrunk to shorter side 40
+    # Decoded at half size (48x64 >= 40: data.scaled_decode), then shrunk: close to the full decode.
+    np.testing.assert_array_equal(image, decode_shrunk(first.index.files[0], 40))
     original = cv2.cvtColor(cv2.imread(first.index.files[0]), cv2.COLOR_BGR2RGB)
-    np.testing.assert_array_equal(image, shrink(original, 40))
+    assert 0 < np.abs(image.astype(np.int16) - shrink(original, 40)).mean() < 6  # hard-edged test shapes; photos: ~1.5
 
     counter.calls = 0
     second = datamodule(root, tmp_path / "cache", cache="memmap", cache_size=40)
@@ -97,6 +99,28 @@ def test_cache_is_filled_by_verification_and_reused(tmp_path: Path, monkeypatch:
     third = datamodule(root, tmp_path / "cache", cache="memmap", cache_size=40)
     assert third.cache.directory != first.cache.directory and not first.cache.directory.exists()
     assert int(third.index.reader(5).mean()) in range(195, 206)
+
+
+def test_full_decode_setting_keeps_the_old_pixels_and_its_own_cache(tmp_path: Path):
+    root = photo_root(tmp_path / "paddy")
+    scaled = datamodule(root, tmp_path / "cache", cache="memmap", cache_size=40)
+    full = datamodule(root, tmp_path / "cache", cache="memmap", cache_size=40, scaled_decode=False)
+    assert full.cache.directory != scaled.cache.directory  # the setting is part of the key
+    original = cv2.cvtColor(cv2.imread(full.index.files[0]), cv2.COLOR_BGR2RGB)
+    np.testing.assert_array_equal(full.index.reader(0), shrink(original, 40))
+
+
+def test_plain_loader_decodes_as_big_as_the_transforms_need(tmp_path: Path):
+    root = photo_root(tmp_path / "paddy")  # 96x128 photos, 32-px transforms
+    plain = datamodule(root, tmp_path / "cache", cache="none")
+    assert plain.decode_side == 32 and plain.index.reader(0).shape == (48, 64, 3)  # 1/2: 48 >= 32 > 24
+    bigger = datamodule(root, tmp_path / "cache", cache="none",
+                        transforms={"train": RGB_TRAIN, "eval": {"SmallestMaxSize": {"max_size": 50}}})
+    assert bigger.decode_side == 50 and bigger.index.reader(0).shape == (96, 128, 3)  # 48 < 50: full size
+    full = datamodule(root, tmp_path / "cache", cache="none", scaled_decode=False)
+    assert full.index.reader(0).shape == (96, 128, 3)
+    sample, _ = plain.dataset("train")[0]
+    assert tuple(sample.shape) == (3, 32, 32)
 
 
 def test_cache_samples_match_the_files_for_small_images(paddy_root: Path, tmp_path: Path):

@@ -7,7 +7,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from paddy.data.imageio import ImageDecodeError, check_and_decode, check_image_file, read_image, to_rgb_uint8
+from paddy.data.cache import shrink
+from paddy.data.imageio import (
+    ImageDecodeError,
+    check_and_decode,
+    check_image_file,
+    jpeg_reduction,
+    read_image,
+    to_rgb_uint8,
+)
 
 
 def test_colour_jpeg_is_rgb(tmp_path: Path):
@@ -155,3 +163,84 @@ def test_harmless_jpeg_oddities_are_accepted(tmp_path: Path):
         reason, image = check_and_decode(path)
         assert reason is None, (path.name, reason)
         assert np.array_equal(image, opencv_pixels(trailer)), path.name
+
+
+# ------------------------------------------------------------------------------------ scaled decoding
+
+
+@pytest.fixture(scope="module")
+def big_photo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One 4000x3000 photo-like JPEG (quality 90) for the module: generating it takes about a second."""
+    from paddy.benchmark.loader import photo_like
+
+    path = tmp_path_factory.mktemp("big") / "big.jpg"
+    cv2.imwrite(str(path), photo_like(np.random.default_rng(0), 4000, 3000), [cv2.IMWRITE_JPEG_QUALITY, 90])
+    return path
+
+
+def test_the_reduction_is_the_largest_that_still_gives_the_needed_side():
+    assert jpeg_reduction(3000, 4000, 256) == 8  # 375x500
+    assert jpeg_reduction(3000, 4000, 375) == 8 and jpeg_reduction(3000, 4000, 376) == 4  # 750x1000
+    assert jpeg_reduction(480, 640, 224) == 2  # 240x320 >= 224
+    assert jpeg_reduction(480, 640, 256) == 1  # 240 < 256: the full size
+    assert jpeg_reduction(640, 480, 224) == 2  # portrait alike
+    assert jpeg_reduction(3000, 4000, None) == jpeg_reduction(3000, 4000, 0) == 1
+    assert jpeg_reduction(60, 80, 1) == 8 and jpeg_reduction(56, 80, 1) == 4  # never below 8 px: 14x20, not 7x10
+    for height, width in ((3000, 4000), (480, 640), (481, 641), (37, 53), (1080, 1920)):
+        for need in (1, 32, 64, 224, 256, 300, 512, 1000, 5000):
+            factor = jpeg_reduction(height, width, need)
+            shorter = min(-(-height // factor), -(-width // factor))
+            assert factor == 1 or shorter >= need, (height, width, need, factor)
+            if factor < 8:  # the next reduction would have been too small
+                assert min(-(-height // (2 * factor)), -(-width // (2 * factor))) < max(need, 8)
+
+
+def test_scaled_decode_shape_and_pixels(big_photo: Path):
+    full = read_image(big_photo)
+    scaled = read_image(big_photo, 256)
+    assert full.shape == (3000, 4000, 3) and scaled.shape == (375, 500, 3)
+    a, b = shrink(full, 256), shrink(scaled, 256)
+    assert a.shape == b.shape == (256, 341, 3)
+    assert np.abs(a.astype(np.int16) - b.astype(np.int16)).mean() < 3.0  # about 1 in 255 on photos
+    reason, checked = check_and_decode(big_photo, 600)
+    assert reason is None and checked.shape == (750, 1000, 3)
+    png = big_photo.with_suffix(".png")  # other formats: the full size, as before
+    cv2.imwrite(str(png), cv2.resize(cv2.imread(str(big_photo)), (640, 480)))
+    assert read_image(png, 100).shape == (480, 640, 3)
+
+
+def test_scaled_decode_refuses_damaged_big_jpegs(big_photo: Path, tmp_path: Path):
+    data = big_photo.read_bytes()
+    cut, garbage = tmp_path / "cut.jpg", tmp_path / "garbage.jpg"
+    cut.write_bytes(data[: len(data) // 2])
+    middle, rng = len(data) // 2, np.random.default_rng(0)
+    garbage.write_bytes(data[:middle] + rng.integers(0, 255, 4096, np.uint8).tobytes() + data[middle + 4096 :])
+    appended = tmp_path / "appended.jpg"  # cut short, the end-of-image marker put back
+    appended.write_bytes(data[: int(len(data) * 0.7)] + b"\xff\xd9")
+    for path in (cut, garbage, appended):
+        for side in (None, 256, 1):
+            with pytest.raises(ImageDecodeError, match=f"{path.name}: (corrupt|truncated) JPEG"):
+                read_image(path, side)
+        assert check_image_file(path).startswith(("corrupt JPEG", "truncated JPEG"))
+    # Exactly as strict: a little garbage that libjpeg may or may not notice gets the same verdict at every scale.
+    for seed in range(3):
+        small = tmp_path / f"small{seed}.jpg"
+        noise = np.random.default_rng(seed).integers(0, 255, 64, np.uint8).tobytes()
+        small.write_bytes(data[:middle] + noise + data[middle + 64 :])
+        verdicts = {check_and_decode(small, side)[0] for side in (None, 256, 1)}
+        assert len(verdicts) == 1, verdicts
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_scaled_decode_keeps_the_exif_orientation(tmp_path: Path, orientation: int):
+    bgr = cv2.resize(photo(), (640, 480))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = pil_jpeg(tmp_path / "rotated.jpg", Image.fromarray(bgr[..., ::-1].copy()), exif=exif, quality=90)
+    full, scaled = read_image(path), read_image(path, 224)
+    assert np.array_equal(full, opencv_pixels(path))  # upright as OpenCV turns it
+    assert scaled.shape == (full.shape[0] // 2, full.shape[1] // 2, 3)
+    expected = cv2.resize(full, scaled.shape[1::-1], interpolation=cv2.INTER_AREA)
+    assert np.abs(scaled.astype(np.int16) - expected.astype(np.int16)).mean() < 3.0
+    wrong = cv2.resize(cv2.rotate(full, cv2.ROTATE_180), scaled.shape[1::-1], interpolation=cv2.INTER_AREA)
+    assert np.abs(scaled.astype(np.int16) - wrong.astype(np.int16)).mean() > 10.0

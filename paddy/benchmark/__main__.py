@@ -1,4 +1,4 @@
-"""``python -m paddy.benchmark [mode=models|scaling|throughput] model=a,b,... [option=value] [hydra.override=value]``
+"""``python -m paddy.benchmark [mode=models|scaling|throughput|loader] model=a,b,... [option=value] [override]``
 
     python -m paddy.benchmark model=mnv3s_ca,lite0_ca,effv2s_ca,resnet18_eca image_size=224 batch_size=8 steps=5
     python -m paddy.benchmark model=effv2s_ca,resnet50_cbam device=cuda precision=bf16 batch_size=64
@@ -20,6 +20,9 @@ next to the old notes' claim for linear attention (-35% memory, +6% speed at 224
 Writes <out>.md/.csv/.json and <out>_ratios.md/.csv/.json (out=benchmarks/results/scaling).
 
 mode=throughput: see paddy/benchmark/throughput.py.
+
+mode=loader: images/s of timm's and paddy's data loaders alone (plain, cache cold/warm, raw uint8),
+per core and for N workers; see paddy/benchmark/loader.py.
 
 Models are presets (conf/model), backbone configs (conf/backbone) or timm model names. Every
 key=value that is not an option of the mode (and +key=, ++key=, ~key) is a Hydra override of each
@@ -47,6 +50,16 @@ def _runner(mode: str) -> Callable[..., int]:
             raise BenchmarkError(f"mode=throughput is not available: paddy.benchmark.throughput cannot be "
                                  f"imported ({err})") from None
         return lambda options, overrides, argv: run(options, overrides)
+    if mode == "loader":
+        from paddy.benchmark.loader import run as run_loader
+
+        def loader(options: dict, overrides: list[str], argv: list[str]) -> int:
+            if overrides:
+                raise BenchmarkError(f"mode=loader takes no Hydra overrides (got: {' '.join(overrides)}; its options: "
+                                     "photo_size, n_images, root, image_size, batch_size, workers, out)")
+            return run_loader(options)
+
+        return loader
     from paddy.benchmark.models import run_models, run_scaling
 
     return {"models": run_models, "scaling": run_scaling}[mode]

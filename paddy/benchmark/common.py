@@ -46,7 +46,7 @@ from paddy.utils.runtime import synchronize, time_steps  # noqa: F401  (re-expor
 
 log = logging.getLogger("paddy")
 
-MODES = ("models", "scaling", "throughput")
+MODES = ("models", "scaling", "throughput", "loader")
 DEFAULT_MODE = "models"
 
 # The options each mode understands, with their defaults as typed on the command line. A default of
@@ -101,6 +101,15 @@ MODE_OPTIONS: dict[str, dict[str, str | None]] = {
         "loaders": None,            # fast,plain (default on a CPU) | fast (default on a GPU)
         "parts": None,              # raw,in_device,jpeg (default: all)
         "photo_size": None,         # generated photos' WIDTHxHEIGHT (default 640x480)
+    },
+    "loader": {  # paddy/benchmark/loader.py
+        "photo_size": "640x480",     # generated photo-like JPEGs, WIDTHxHEIGHT
+        "n_images": "512",
+        "root": None,                # your images instead (Paddy Doctor layout or class folders)
+        "image_size": "224",
+        "batch_size": "64",
+        "workers": "0",              # loader processes, comma-separated: 0 (one process, one core), 2, ...
+        "out": None,                 # default: benchmarks/results/loader_<photo_size>
     },
 }
 

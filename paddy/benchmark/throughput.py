@@ -93,8 +93,10 @@ def photo(class_id: int, rng: np.random.Generator, width: int, height: int) -> n
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
-def write_photo_set(root: Path, images: int, width: int = 640, height: int = 480, classes: int = PHOTO_CLASSES) -> Path:
-    """The Kaggle Paddy Doctor layout (train.csv + train_images/<label>/<id>.jpg) of ``images`` photos.
+def write_photo_set(root: Path, images: int, width: int = 640, height: int = 480, classes: int = PHOTO_CLASSES,
+                    draw: Any = None) -> Path:
+    """The Kaggle Paddy Doctor layout (train.csv + train_images/<label>/<id>.jpg) of ``images`` photos,
+    drawn by ``draw(rng, width, height)`` (default: :func:`photo` in its class tint).
 
     Written once: a folder holding a complete set (``.complete`` marker) is reused.
     """
@@ -110,7 +112,8 @@ def write_photo_set(root: Path, images: int, width: int = 640, height: int = 480
         label = labels[i % classes]
         path = root / "train_images" / label / f"{100000 + i}.jpg"
         path.parent.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(path), photo(i % classes, rng, width, height), [cv2.IMWRITE_JPEG_QUALITY, 90])
+        image = photo(i % classes, rng, width, height) if draw is None else draw(rng, width, height)
+        cv2.imwrite(str(path), image, [cv2.IMWRITE_JPEG_QUALITY, 90])
         return f"{100000 + i}.jpg,{label},ADT45,45"
 
     with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool:

@@ -19,7 +19,10 @@ is saved every few hundred images) and the next run continues from there.
 The pixels are those training would see anyway, minus resolution: ``short_side`` defaults to
 ``ceil(image_size / 0.875)`` (256 for 224 px), a little above the training size, so random-resized
 crops and the eval resize + centre crop work on the same picture at slightly less detail than the
-original file.
+original file. With ``scaled_decode`` (the default) a JPEG is decoded at 1/2, 1/4 or 1/8 of its size
+where that still gives at least ``short_side`` (:func:`paddy.data.imageio.jpeg_reduction`), then shrunk
+the same way: a 4000x3000 photo is stored several times faster, with pixels about 1 in 255 away from a
+full decode (the setting is part of the key, so the two kinds of pixels never share a cache).
 
 Concurrency: processes that open the same cache (DDP ranks, parallel sweep trials) fill it one at a
 time (:meth:`DecodedImageCache.exclusive`, a lock file); the later ones find it complete.
@@ -89,9 +92,15 @@ def shrink(image: np.ndarray, short_side: int) -> np.ndarray:
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
-def content_key(files: Sequence[str], short_side: int) -> str:
-    """The cache key: every file's absolute path, size and mtime, in order, and ``short_side``."""
-    digest = hashlib.sha1(f"v{CACHE_VERSION}:{short_side}:{len(files)}".encode())
+def decode_shrunk(path: str | Path, short_side: int, scaled_decode: bool = True) -> np.ndarray:
+    """File ``path`` as a cache entry: decoded (scaled, where it is a JPEG and ``scaled_decode``) and shrunk."""
+    return shrink(read_image(path, short_side if scaled_decode else None), short_side)
+
+
+def content_key(files: Sequence[str], short_side: int, scaled_decode: bool = False) -> str:
+    """The cache key: every file's absolute path, size and mtime, in order, ``short_side`` and whether
+    JPEGs were decoded scaled (``False`` keeps the keys of caches built before scaled decoding)."""
+    digest = hashlib.sha1(f"v{CACHE_VERSION}:{short_side}:{len(files)}{':scaled' if scaled_decode else ''}".encode())
     for path in files:
         try:
             stat = os.stat(path)
@@ -106,7 +115,7 @@ def estimated_bytes(files: Sequence[str], short_side: int, probe: int = 8) -> in
     ratios = []
     for path in files[:probe]:
         try:
-            h, w = read_image(path).shape[:2]
+            h, w = read_image(path, min_side=1).shape[:2]  # the smallest decode has the same aspect ratio
         except ImageDecodeError:
             continue
         ratios.append(max(h, w) / max(1, min(h, w)))
@@ -124,11 +133,11 @@ class CachedReader:
     """
 
     def __init__(self, directory: str | Path, slots: np.ndarray, offsets: np.ndarray, shapes: np.ndarray,
-                 checksums: np.ndarray, files: Sequence[str], short_side: int):
+                 checksums: np.ndarray, files: Sequence[str], short_side: int, scaled_decode: bool = False):
         self.directory = str(directory)
         self.slots = np.asarray(slots, dtype=np.int64)
         self.offsets, self.shapes, self.checksums = offsets, shapes, checksums
-        self.files, self.short_side = files, int(short_side)
+        self.files, self.short_side, self.scaled_decode = files, int(short_side), bool(scaled_decode)
         self._pixels: np.memmap | None = None
         self._verified: np.ndarray | None = None  # per cache slot: checked in process self._pid
         self._pid = 0
@@ -161,7 +170,7 @@ class CachedReader:
         cache still trains on the right pixels)."""
         path = self.files[slot]
         try:
-            image = np.ascontiguousarray(shrink(read_image(path), self.short_side))
+            image = np.ascontiguousarray(decode_shrunk(path, self.short_side, self.scaled_decode))
         except ImageDecodeError as err:
             raise ImageDecodeError(f"decoded-image cache {self.directory}: image {path} did not match its "
                                    f"checksum (corrupted on disk?) and its file cannot be decoded: {err}") from err
@@ -179,7 +188,7 @@ class CachedReader:
 
     def subset(self, indices: np.ndarray) -> CachedReader:
         return CachedReader(self.directory, self.slots[np.asarray(indices, dtype=np.int64)], self.offsets,
-                            self.shapes, self.checksums, self.files, self.short_side)
+                            self.shapes, self.checksums, self.files, self.short_side, self.scaled_decode)
 
 
 def _write_at(file: Path, offset: int, image: np.ndarray) -> str | None:
@@ -215,12 +224,15 @@ def _report_mismatch(directory: str, path: str, outcome: str) -> None:
 
 
 class DecodedImageCache:
-    """The cache of one dataset (``files``) at one ``short_side``, under ``root/images/<key>/``."""
+    """The cache of one dataset (``files``) at one ``short_side``, under ``root/images/<key>/``;
+    ``scaled_decode``: JPEGs are decoded only as big as ``short_side`` needs (see the module docstring)."""
 
-    def __init__(self, root: str | Path, files: Sequence[str], short_side: int, dataset_id: str = ""):
+    def __init__(self, root: str | Path, files: Sequence[str], short_side: int, dataset_id: str = "",
+                 scaled_decode: bool = True):
         self.files = list(files)
         self.short_side = int(short_side)
-        self.key = content_key(self.files, self.short_side)
+        self.scaled_decode = bool(scaled_decode)
+        self.key = content_key(self.files, self.short_side, self.scaled_decode)
         self.root = Path(root).expanduser() / "images"
         self.directory = self.root / self.key[:20]
         # Which cache this dataset (by its id, e.g. source name + root) used last: replaced when it changes.
@@ -336,7 +348,7 @@ class DecodedImageCache:
 
         def work(i: int) -> tuple[int, np.ndarray | None, str | None]:
             try:
-                return i, shrink(read_image(self.files[i]), self.short_side), None
+                return i, decode_shrunk(self.files[i], self.short_side, self.scaled_decode), None
             except ImageDecodeError as err:
                 return i, None, str(err)
 
@@ -376,8 +388,13 @@ class DecodedImageCache:
         """A reader over all ``files`` (sample ``i`` = file ``i``); read only samples that are stored
         (:meth:`has`), e.g. after dropping undecodable files with ``subset``."""
         return CachedReader(self.directory, np.arange(len(self.files)), self.offsets, self.shapes, self.checksums,
-                            self.files, self.short_side)
+                            self.files, self.short_side, self.scaled_decode)
+
+    @property
+    def decode_side(self) -> int | None:
+        """The ``min_side`` to decode this cache's images with (:func:`paddy.data.imageio.read_image`)."""
+        return self.short_side if self.scaled_decode else None
 
 
-__all__ = ["CACHE_MODES", "CachedReader", "DecodedImageCache", "content_key", "default_short_side",
+__all__ = ["CACHE_MODES", "CachedReader", "DecodedImageCache", "content_key", "decode_shrunk", "default_short_side",
            "estimated_bytes", "parse_cache_mode", "shrink"]

@@ -41,16 +41,18 @@ _SPLIT_ALIASES = {
 
 
 class FileReader:
-    """Reads sample ``i`` from ``paths[i]`` with OpenCV (picklable, for DataLoader workers)."""
+    """Reads sample ``i`` from ``paths[i]`` (picklable, for DataLoader workers); ``min_side``: the shorter
+    side the transforms need, JPEGs are decoded only that big (:func:`paddy.data.imageio.read_image`)."""
 
-    def __init__(self, paths: list[str]):
+    def __init__(self, paths: list[str], min_side: int | None = None):
         self.paths = paths
+        self.min_side = min_side
 
     def __call__(self, i: int) -> np.ndarray:
-        return read_image(self.paths[i])
+        return read_image(self.paths[i], self.min_side)
 
     def subset(self, indices: np.ndarray) -> FileReader:
-        return FileReader([self.paths[i] for i in indices])
+        return FileReader([self.paths[i] for i in indices], self.min_side)
 
 
 class ArrayReader:

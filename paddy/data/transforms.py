@@ -16,13 +16,30 @@ to every pipeline, so train and eval are always normalised the same way.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import albumentations as A
 from albumentations.pytorch import ToTensorV2
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+_SIZE_ARGUMENTS = ("size", "height", "width", "max_size")  # RandomResizedCrop, Resize, crops, SmallestMaxSize...
+
+
+def output_side(spec: Mapping[str, Mapping | None] | None) -> int | None:
+    """The largest side, in pixels, a step of ``spec`` resizes or crops to (``RandomResizedCrop.size``,
+    ``Resize``/``CenterCrop`` ``height``/``width``, ``SmallestMaxSize.max_size``), or None: the shorter
+    side a decoder has to deliver so that the pipeline's output is as sharp as from the full image."""
+    sides = []
+    for kwargs in (spec or {}).values():
+        if not isinstance(kwargs, Mapping):
+            continue
+        for name in _SIZE_ARGUMENTS:
+            value = kwargs.get(name)
+            for item in value if isinstance(value, Sequence) and not isinstance(value, str) else [value]:
+                if isinstance(item, int | float) and not isinstance(item, bool) or str(item).isdigit():
+                    sides.append(int(item))
+    return max(sides) if sides else None
 
 
 def build_transform(spec: Mapping[str, Mapping | None] | None, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> A.Compose:

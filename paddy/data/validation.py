@@ -61,12 +61,15 @@ def _save_cache(path: Path, files: dict[str, list]) -> None:
 
 def validate_image_files(files: list[str], items: list[str] | None = None, cache_dir: str | Path | None = None,
                          cache_key: str = "", workers: int | None = None,
-                         on_image: Callable[[int, np.ndarray], None] | None = None) -> list[DataProblem]:
+                         on_image: Callable[[int, np.ndarray], None] | None = None,
+                         min_side: int | None = None) -> list[DataProblem]:
     """Return one :class:`DataProblem` per missing or undecodable file (``items`` name them).
 
     With ``cache_dir`` set, files whose size and mtime match a previous good or bad verdict are not
     decoded again. ``on_image(i, pixels)`` receives every good file this call decodes (from the
-    pool's threads), so a decoded-image cache can be filled by the same pass.
+    pool's threads), so a decoded-image cache can be filled by the same pass; ``min_side``: the
+    shorter side it needs (JPEGs are then decoded scaled, checked as strictly, see
+    :func:`paddy.data.imageio.decode_image`).
     """
     items = items if items is not None else files
     cache_path = _cache_file(Path(cache_dir), cache_key or files[0] if files else "") if cache_dir else None
@@ -74,11 +77,11 @@ def validate_image_files(files: list[str], items: list[str] | None = None, cache
     # decodes, the others find its verdicts stored.
     lock = file_lock(cache_path.with_suffix(".lock"), required=False) if cache_path else contextlib.nullcontext()
     with lock:
-        return _validate(files, items, cache_path, workers, on_image)
+        return _validate(files, items, cache_path, workers, on_image, min_side)
 
 
 def _validate(files: list[str], items: list[str], cache_path: Path | None, workers: int | None,
-              on_image: Callable[[int, np.ndarray], None] | None) -> list[DataProblem]:
+              on_image: Callable[[int, np.ndarray], None] | None, min_side: int | None = None) -> list[DataProblem]:
     cached = _load_cache(cache_path) if cache_path else {}
     verdicts: dict[str, list] = {}
     to_check: list[int] = []
@@ -107,7 +110,7 @@ def _validate(files: list[str], items: list[str], cache_path: Path | None, worke
         workers = workers or min(32, available_cores())
 
         def check(i: int) -> str | None:
-            reason, image = check_and_decode(files[i])
+            reason, image = check_and_decode(files[i], min_side) if min_side else check_and_decode(files[i])
             if image is not None and on_image is not None:
                 on_image(i, image)
             return reason
