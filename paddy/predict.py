@@ -255,8 +255,12 @@ class _ImageViews(Dataset):
     through every member's preprocessing, ``views[m] = (image tensor, features, mirrored features)``
     (mirrored: for ``tta``, when the member takes extra inputs)."""
 
-    def __init__(self, paths: Sequence[Path], preprocessing: Sequence[tuple[Any, dict[str, Any]]], tta: bool):
+    def __init__(self, paths: Sequence[Path], preprocessing: Sequence[tuple[Any, dict[str, Any]]], tta: bool,
+                 sides: Sequence[int | None] | None = None):
         self.paths, self.preprocessing, self.tta = list(paths), list(preprocessing), tta
+        # Per member, the shorter side its preprocessing needs (decode_side): a JPEG is decoded at the smallest
+        # scale that has it, once per distinct side, so every member sees what it would see alone.
+        self.sides = list(sides) if sides is not None else [None] * len(self.preprocessing)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -267,8 +271,12 @@ class _ImageViews(Dataset):
             problem = check_image_file(path)
             if problem:
                 return i, None, problem
-            image = read_image(path)
-            views = [self._view(image, transform, features) for transform, features in self.preprocessing]
+            decoded: dict[int | None, np.ndarray] = {}
+            for side in self.sides:
+                if side not in decoded:
+                    decoded[side] = read_image(path, side)
+            views = [self._view(decoded[side], transform, features)
+                     for side, (transform, features) in zip(self.sides, self.preprocessing)]
         except ImageDecodeError as err:
             return i, None, str(err).split(": ", 1)[-1]
         except Exception as err:  # an image the transform or a feature cannot take: skip it, say why
@@ -286,8 +294,9 @@ class _ImageViews(Dataset):
 class _ImageFiles(_ImageViews):
     """One model's view: ``(index, image tensor, features, mirrored features, error)`` per path."""
 
-    def __init__(self, paths: Sequence[Path], transform: Any, features: dict[str, Any], tta: bool):
-        super().__init__(paths, [(transform, features)], tta)
+    def __init__(self, paths: Sequence[Path], transform: Any, features: dict[str, Any], tta: bool,
+                 min_side: int | None = None):
+        super().__init__(paths, [(transform, features)], tta, [min_side])
         self.transform, self.features = transform, features
 
     def __getitem__(self, i: int) -> tuple[int, Any, Any, Any, str | None]:  # type: ignore[override]
@@ -315,6 +324,24 @@ def member_preprocessing(member: Member) -> tuple[Any, dict[str, Any]]:
     return transform, feature_extractors(input_features(member.model), member.config.get("model"))
 
 
+def decode_side(config: dict[str, Any], features: dict[str, Any]) -> int | None:
+    """The shorter side a run's eval preprocessing needs of a decoded photo: its image size, the sizes its
+    eval transforms resize or crop to and its extra inputs' sizes (the DCT's ``size``). JPEGs are decoded
+    no larger (:func:`paddy.data.imageio.jpeg_reduction`). None (the full size) when the run turned
+    ``data.scaled_decode`` off or an extra input takes the image as decoded (``dct.size: null``)."""
+    from paddy.data.transforms import output_side
+
+    data = config.get("data") or {}
+    if not data.get("scaled_decode", True):
+        return None
+    sizes = [getattr(extractor, "size", None) for extractor in features.values()]
+    if any(size is None for size in sizes):
+        return None
+    sides = [data.get("image_size"), output_side((data.get("transforms") or {}).get("eval")), *sizes]
+    known = [int(side) for side in sides if side is not None]
+    return max(known) if known else None
+
+
 def ensemble_probabilities(members: Sequence[Member], paths: Sequence[Path], shares: Sequence[float],
                            tta: bool = False, batch_size: int = 32, device: str | torch.device = "cpu",
                            num_workers: int = 0) -> tuple[torch.Tensor, list[str | None]]:
@@ -327,7 +354,9 @@ def ensemble_probabilities(members: Sequence[Member], paths: Sequence[Path], sha
     device = torch.device(device)
     probs = torch.full((len(paths), len(members[0].class_names)), float("nan"))
     errors: list[str | None] = [None] * len(paths)
-    loader = DataLoader(_ImageViews(paths, [member_preprocessing(m) for m in members], tta),
+    preprocessing = [member_preprocessing(m) for m in members]
+    sides = [decode_side(m.config, features) for m, (_, features) in zip(members, preprocessing)]
+    loader = DataLoader(_ImageViews(paths, preprocessing, tta, sides),
                         batch_size=int(batch_size), num_workers=int(num_workers), collate_fn=_as_list)
     with torch.inference_mode():
         for batch in loader:

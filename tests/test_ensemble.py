@@ -23,7 +23,15 @@ from omegaconf import OmegaConf
 from paddy.data.imageio import read_image
 from paddy.data.transforms import build_transform
 from paddy.evaluate import EvaluationError, evaluate, format_summary
-from paddy.predict import EnsembleError, collect_inputs, ensemble_shares, load_members, member_runs, predict
+from paddy.predict import (
+    EnsembleError,
+    collect_inputs,
+    decode_side,
+    ensemble_shares,
+    load_members,
+    member_runs,
+    predict,
+)
 from paddy.utils.checkpoints import load_trained_model
 
 TRAIN = ["data=synthetic", "backbone.name=test_resnet", "data.image_size=32", "trainer=debug", "data.num_workers=0",
@@ -93,16 +101,25 @@ def test_ensemble_probabilities_are_the_weighted_mean_of_the_members(run_dir: Pa
 
 
 def test_one_member_predicts_as_the_model_alone(run_dir: Path, images: Path) -> None:
-    """The run's own network and eval transform, applied by hand, give predict's probabilities."""
+    """The run's own network and eval transform, applied by hand, give predict's probabilities. The photos
+    are decoded as paddy decodes them: JPEGs at the smallest scale that still has the run's 32 px (the
+    200 x 150 photo at 1/4), within a small difference of the full decode."""
     paths = collect_inputs(images)[:5]
     model, _, config = load_trained_model(run_dir)
     data = config["data"]
     transform = build_transform(data["transforms"]["eval"], data["mean"], data["std"])
-    with torch.inference_mode():
-        expected = model(torch.stack([transform(image=read_image(p))["image"] for p in paths])).softmax(dim=1)
+    assert decode_side(config, {}) == 32
+
+    def by_hand(side: int | None) -> np.ndarray:
+        with torch.inference_mode():
+            batch = torch.stack([transform(image=read_image(p, side))["image"] for p in paths])
+            return model(batch).softmax(dim=1).numpy()
+
     for ckpt_path, weights in ((run_dir, None), ([str(run_dir)], [2.0])):
-        np.testing.assert_allclose(_probs(predict(ckpt_path, paths, topk=4, ensemble_weights=weights)),
-                                   expected.numpy(), atol=1e-6)
+        predicted = _probs(predict(ckpt_path, paths, topk=4, ensemble_weights=weights))
+        np.testing.assert_allclose(predicted, by_hand(32), atol=1e-6)
+        np.testing.assert_allclose(predicted, by_hand(None), atol=0.05)
+        assert np.abs(predicted - by_hand(None)).max() > 0  # the 200 x 150 photo was decoded smaller
 
 
 def test_a_sweep_directory_is_all_its_runs(fold_sweep: Path, images: Path, tmp_path: Path,
