@@ -114,7 +114,8 @@ def test_killed_worker_trial_is_queued_again_and_the_study_ends_at_n_trials(post
     assert copies[0].system_attrs["paddy:retry_reason"].startswith("interrupted")
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+# PostgreSQL is the store shared across machines; the same heartbeat over SQLite runs with -m slow.
+@pytest.mark.parametrize("kind", [pytest.param("sqlite", marks=pytest.mark.slow), "postgresql"])
 def test_worker_dead_on_another_host_is_found_by_its_heartbeat(kind: str, tmp_path: Path,
                                                                request: pytest.FixtureRequest):
     if shutil.which("unshare") is None or subprocess.run(["unshare", "--uts", "true"]).returncode != 0:

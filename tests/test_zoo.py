@@ -170,18 +170,27 @@ def test_a_lightning_checkpoint_of_a_run_is_a_weights_file(tmp_path: Path):
     assert torch.equal(model.head.mlp[-1].weight, checkpoint["state_dict"]["model.head.mlp.1.weight"])
 
 
-def test_every_preset_trains_a_few_steps_from_the_cli(tmp_path: Path):
-    """One multirun over every preset (one process: imports are paid once)."""
+# One preset of each kind for the default run: DCT fusion, linear self-attention, a hybrid block, an
+# EfficientNet-Lite head block, and CBAM in every block. Every preset's network already runs forward and
+# backward above and composes in tests/test_config_inheritance.py; -m slow trains them all from the CLI.
+CLI_PRESETS = ["mnv3s_dct", "mnv3s_botlinear", "resnet18_hybrid", "lite0_ca", "resnet50_cbam"]
+
+
+@pytest.mark.parametrize("presets", [pytest.param(CLI_PRESETS, id="one-of-each-kind"),
+                                     pytest.param(PRESETS, id="all", marks=pytest.mark.slow)])
+def test_presets_train_a_few_steps_from_the_cli(tmp_path: Path, presets: list[str]):
+    """One multirun over the presets (one process: imports are paid once)."""
     from test_train import run_cli
 
+    assert set(CLI_PRESETS) <= set(PRESETS)
     sweep = tmp_path / "sweep"
-    result = run_cli("-m", "data=synthetic", f"model={','.join(PRESETS)}", "data.image_size=64", "data.num_workers=0",
+    result = run_cli("-m", "data=synthetic", f"model={','.join(presets)}", "data.image_size=64", "data.num_workers=0",
                      "trainer=debug", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
                      "trainer.limit_test_batches=1", "data.batch_size=4", "++callbacks.rich_progress_bar=null",
                      f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     trained = {json.loads(path.read_text())["model_name"] for path in sweep.glob("*/metrics.json")}
-    assert trained == set(PRESETS)
+    assert trained == set(presets)
 
 
 def test_convert_a_renamed_weights_file_by_order(tmp_path: Path):

@@ -266,8 +266,7 @@ class ImageDataModule(LightningDataModule):
         self._set_up_cache(cache_dir, cache, cache_size)
         self.scaled_decode = bool(scaled_decode)
         # What the plain loader's transforms need of a decoded image (the cache has its own size).
-        sides = [self.image_size, output_side(transforms.get("train")), output_side(transforms.get("eval"))]
-        self.decode_side = max(side for side in sides if side is not None)
+        self.decode_side = max(self.image_size, *(output_side(transforms.get(k)) or 0 for k in ("train", "eval")))
         self._set_up_gpu_augment(gpu_augment, transforms.get("train"))
         self.features: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
         # The training order per epoch: from the run's seed (set by the pipeline) or split_seed.
