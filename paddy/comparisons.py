@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import itertools
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,14 +56,21 @@ def repeat_key(run: rp.Run) -> tuple[Any, Any]:
 def config_identity(run: rp.Run) -> str:
     """The run's configuration without the repeat keys: equal strings, same configuration."""
     if run.config is not None:
-        node = OmegaConf.to_container(run.config, resolve=False)
-        for key in (*REPEAT_KEYS, *IGNORED_KEYS):
-            parent, _, leaf = key.rpartition(".")
-            holder = node.get(parent) if parent else node
-            if isinstance(holder, dict):
-                holder.pop(leaf, None)
-        return OmegaConf.to_yaml(OmegaConf.create(node), sort_keys=True)
+        return json.dumps(_identity_node(run), sort_keys=True, default=str)
     return "\n".join(sorted(o for o in run.overrides if o.partition("=")[0].lstrip("+") not in REPEAT_KEYS))
+
+
+def _identity_node(run: rp.Run) -> dict[str, Any]:
+    """The composed config (uninterpolated) less :data:`REPEAT_KEYS` and :data:`IGNORED_KEYS`; {} without one."""
+    if run.config is None:
+        return {}
+    node = OmegaConf.to_container(run.config, resolve=False)
+    for key in (*REPEAT_KEYS, *IGNORED_KEYS):
+        parent, _, leaf = key.rpartition(".")
+        holder = node.get(parent) if parent else node
+        if isinstance(holder, dict):
+            holder.pop(leaf, None)
+    return node
 
 
 def group_runs(runs: list[rp.Run], metric: str) -> list[Group]:
@@ -73,10 +81,8 @@ def group_runs(runs: list[rp.Run], metric: str) -> list[Group]:
             grouped.setdefault(config_identity(run), []).append(run)
     members = list(grouped.values())
     labels = _labels(members)
-    groups = [Group(label, sorted(rs, key=lambda r: str(repeat_key(r))), []) for label, rs in zip(labels, members)]
-    for group in groups:
-        group.values = [group_run.metric(metric) for group_run in group.runs]
-    return groups
+    ordered = [sorted(rs, key=lambda r: str(repeat_key(r))) for rs in members]
+    return [Group(label, rs, [r.metric(metric) for r in rs]) for label, rs in zip(labels, ordered)]
 
 
 def _labels(members: list[list[rp.Run]]) -> list[str]:
@@ -98,10 +104,6 @@ def _differing(options: list[dict[str, Any]], most: int = 4) -> list[str]:
     keys = sorted({k for o in options for k in o})
     differing = [k for k in keys if len({str(o.get(k, "(unset)")) for o in options}) > 1][:most]
     return [" ".join(f"{k}={o.get(k, '(unset)')}" for k in differing) for o in options]
-
-
-def _identity_node(run: rp.Run) -> Any:
-    return OmegaConf.to_container(OmegaConf.create(config_identity(run))) if run.config is not None else {}
 
 
 def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -149,12 +151,14 @@ def compare(groups: list[Group]) -> list[Comparison]:
     """Every two groups that share at least two seeds/folds (paired tests), and every two single runs
     that both saved per-image test predictions of the same images (McNemar)."""
     found = []
+    # Each single run's per-image test predictions, read once.
+    tests = {id(g): read_predictions(g.runs[0].path / TEST_PREDICTIONS) for g in groups if len(g.runs) == 1}
     for a, b in itertools.combinations(groups, 2):
         pairs = _pairs(a, b)
         if len(pairs) >= 2:
             found.append(Comparison(a, b, paired=stats.paired_test([x for x, _ in pairs], [y for _, y in pairs])))
         elif len(a.runs) == 1 and len(b.runs) == 1:
-            result = _mcnemar(a.runs[0], b.runs[0])
+            result = _mcnemar(tests[id(a)], tests[id(b)])
             if result is not None:
                 found.append(Comparison(a, b, mcnemar=result))
     return found
@@ -165,8 +169,8 @@ def _pairs(a: Group, b: Group) -> list[tuple[float, float]]:
     return [(value, by_key[repeat_key(run)]) for run, value in zip(a.runs, a.values) if repeat_key(run) in by_key]
 
 
-def _mcnemar(a: rp.Run, b: rp.Run) -> stats.McNemar | None:
-    first, second = read_predictions(a.path / TEST_PREDICTIONS), read_predictions(b.path / TEST_PREDICTIONS)
+def _mcnemar(first: list[dict[str, str]], second: list[dict[str, str]]) -> stats.McNemar | None:
+    """McNemar's test of two runs' per-image test predictions; None unless both list the same images."""
     if not first or not second or [r["item"] for r in first] != [r["item"] for r in second]:
         return None
     return stats.mcnemar([r["correct"] == "1" for r in first], [r["correct"] == "1" for r in second])

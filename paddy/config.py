@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 # Packages whose classes paddy's configs may name as ``_target_`` (Hydra 1.4 asks for a whitelist:
 # config-selected targets can run arbitrary code). Extend it for your own blocks, callbacks, data
@@ -70,6 +70,11 @@ def shipped_target(group: str, name: str) -> str:
     except Exception as err:  # noqa: BLE001 - Hydra's "could not find <group>/<name>", said plainly
         shipped = ", ".join(sorted(p.stem for p in (config_dir() / group).glob("*.yaml")))
         raise PaddyError(f"{group} {name!r} names no _target_ and is not one of paddy's ({shipped})") from err
+
+
+def plain(value: Any) -> Any:
+    """A config value as plain Python (a Hydra list ``[a,b]`` given on the command line as a list)."""
+    return OmegaConf.to_container(value) if isinstance(value, ListConfig) else value
 
 
 def override_value(value: Any) -> str:

@@ -47,11 +47,11 @@ from typing import Any
 import hydra
 import numpy as np
 import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 import paddy  # noqa: F401  (sets the offline environment before albumentations is imported)
 from paddy.artifacts import write_metrics
-from paddy.config import TRUSTED_TARGETS, config_dir
+from paddy.config import TRUSTED_TARGETS, config_dir, plain
 from paddy.errors import PaddyError, reported
 from paddy.model_inputs import input_features
 from paddy.predict import Member, ensemble_shares, load_members
@@ -446,14 +446,14 @@ def _run_members(members: Sequence[Member], datas: Sequence[dict[str, Any]], spl
         key = json.dumps({"data": {k: v for k, v in data.items() if not (split == "test" and k == "fold")},
                           "seed": member.config.get("seed")}, sort_keys=True, default=str)
         if key not in modules:
-            modules[key] = _split_datamodule(data, member.config, member.class_names, split, member.model)
+            modules[key] = _split_datamodule(data, member.config, member.class_names, split)
         datamodule = modules[key]
         datamodule.request_features(input_features(member.model), member.config.get("model"))
         items = list(datamodule.split_indices[split].items)
         if runs and items != runs[0].items:
             raise EvaluationError(_split_difference(members[0], member, datas[0], data, split, len(runs[0].items),
                                                     len(items)))
-        runs.append(_run_member(member, datamodule, split, device, latency_runs, throughput_runs))
+        runs.append(_run_member(member, datamodule, split, items, device, latency_runs, throughput_runs))
     return runs
 
 
@@ -466,8 +466,8 @@ def _split_difference(first: Member, other: Member, first_data: Mapping[str, Any
             + "".join(f"; {d}" for d in differences) + "): an ensemble is evaluated on runs of the same data split")
 
 
-def _run_member(member: Member, datamodule: Any, split: str, device: torch.device, latency_runs: int,
-                throughput_runs: int) -> MemberRun:
+def _run_member(member: Member, datamodule: Any, split: str, items: list[str], device: torch.device,
+                latency_runs: int, throughput_runs: int) -> MemberRun:
     """One member's logits on ``split`` (:func:`predict_split`) and its speed (:func:`measure_speed`)."""
     model = member.model
     channels_last = resolve_channels_last((member.config.get("model") or {}).get("channels_last"),
@@ -481,7 +481,7 @@ def _run_member(member: Member, datamodule: Any, split: str, device: torch.devic
              len(loader.dataset), datamodule.eval_batch_size, device)
     logits, labels, first_batch, loop_time = predict_split(model, loader, device, channels_last, split)
     speed = measure_speed(model, first_batch, device, latency_runs, throughput_runs, len(labels), loop_time)
-    return MemberRun(logits, labels, list(datamodule.split_indices[split].items), speed)
+    return MemberRun(logits, labels, items, speed)
 
 
 def ensemble_logits(logits: Sequence[torch.Tensor], shares: Sequence[float]) -> torch.Tensor:
@@ -513,10 +513,9 @@ def ensemble_speed(speeds: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             "peak_gpu_memory_mb": max(peaks) if peaks else None}
 
 
-def _split_datamodule(data: dict[str, Any], run_config: Mapping[str, Any], class_names: Sequence[str], split: str,
-                      model: torch.nn.Module):
-    """The data module of ``data``, set up as the run's (its seed, the model's extra inputs), refused when its
-    classes are not the checkpoint's or it has no ``split``."""
+def _split_datamodule(data: dict[str, Any], run_config: Mapping[str, Any], class_names: Sequence[str], split: str):
+    """The data module of ``data``, set up as the run's (its seed), refused when its classes are not the
+    checkpoint's or it has no ``split`` (each member then requests its own extra inputs)."""
     datamodule = _build_datamodule(data, run_config.get("seed"))
     if list(datamodule.classes) != list(class_names):
         raise EvaluationError(f"the data's classes {_short_list(datamodule.classes)} are not the checkpoint's "
@@ -524,7 +523,6 @@ def _split_datamodule(data: dict[str, Any], run_config: Mapping[str, Any], class
     if not datamodule.has_split(split):
         available = ", ".join(datamodule.split_indices) or "none"
         raise EvaluationError(f"the data has no {split!r} split (available splits: {available})")
-    datamodule.request_features(input_features(model), run_config.get("model"))
     return datamodule
 
 
@@ -664,8 +662,7 @@ def format_summary(metrics: Mapping[str, Any]) -> str:
 def main(cfg: DictConfig) -> None:
     with reported(log):
         data = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") else None
-        ckpt_path, shares = (OmegaConf.to_container(v) if isinstance(v, ListConfig) else v
-                             for v in (cfg.ckpt_path, cfg.get("ensemble_weights")))
+        ckpt_path, shares = (plain(v) for v in (cfg.ckpt_path, cfg.get("ensemble_weights")))
         metrics = evaluate(ckpt_path, split=cfg.split, data_config=data, output_dir=cfg.get("output_dir"),
                            device=cfg.get("device"), batch_size=cfg.get("batch_size"),
                            num_workers=cfg.get("num_workers"), latency_runs=int(cfg.get("latency_runs", 50)),

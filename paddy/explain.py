@@ -43,15 +43,15 @@ from typing import Any
 import hydra
 import numpy as np
 import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig
 from torch import nn
 from torch.utils.data import DataLoader
 
 import paddy  # noqa: F401  (sets the offline environment before albumentations is imported)
-from paddy.config import TRUSTED_TARGETS, config_dir
+from paddy.config import TRUSTED_TARGETS, config_dir, plain
 from paddy.errors import PaddyError, reported
 from paddy.model_inputs import feature_extractors, input_features
-from paddy.predict import _as_list, _ImageFiles, collect_inputs, decode_side
+from paddy.predict import _as_list, _ImageViews, collect_inputs, decode_side
 from paddy.utils.checkpoints import load_trained_model, resolve_checkpoint, run_dir_of
 
 log = logging.getLogger("paddy")
@@ -215,12 +215,12 @@ def explain_run(run: Run, paths: Sequence[Path], method: str = "gradcam", layer:
     log.info("%s: %s of the predicted class on %s (%s)", run.name, method, layer_name, type(module).__name__)
     paths = [Path(str(p)) for p in paths]
     results = [Explanation(p) for p in paths]
-    files = _ImageFiles(paths, run.transform, run.features, tta=False, min_side=run.decode_side)
+    files = _ImageViews(paths, [(run.transform, run.features)], tta=False, sides=[run.decode_side])
     loader = DataLoader(files, batch_size=int(batch_size), collate_fn=_as_list)
     for batch in loader:
-        for i, *_, error in batch:
+        for i, _, error in batch:
             results[i].error = error
-        good = [item for item in batch if item[4] is None]
+        good = [(i, *views[0]) for i, views, error in batch if error is None]  # (index, image, features, _)
         if not good:
             continue
         images = torch.stack([item[1] for item in good]).to(run.device)
@@ -374,7 +374,7 @@ def _run_names(runs: list[Run], ckpts: Sequence[Any]) -> None:
 def explain_command(cfg: DictConfig) -> int:
     """``python -m paddy.explain``'s work for a composed ``conf/explain.yaml``; returns the exit status
     (a bad setting or path ends it through :func:`paddy.errors.reported`)."""
-    source = OmegaConf.to_container(cfg.input) if isinstance(cfg.input, ListConfig) else cfg.input
+    source = plain(cfg.input)
     with reported(log):
         cam_class(str(cfg.method))
         paths = collect_inputs(source, cfg.get("csv_column"), cfg.get("image_root"))

@@ -45,12 +45,12 @@ from typing import Any
 import hydra
 import numpy as np
 import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig
 from torch.utils.data import DataLoader, Dataset
 
 import paddy  # noqa: F401  (sets the offline environment before albumentations is imported)
-from paddy.config import TRUSTED_TARGETS, config_dir
-from paddy.data.imageio import IMAGE_SUFFIXES, ImageDecodeError, check_image_file, read_image
+from paddy.config import TRUSTED_TARGETS, config_dir, plain
+from paddy.data.imageio import IMAGE_SUFFIXES, ImageDecodeError, check_and_decode
 from paddy.errors import PaddyError, reported
 from paddy.model_inputs import feature_extractors, features_of, input_features
 from paddy.report import find_dirs, is_sweep_dir
@@ -268,13 +268,12 @@ class _ImageViews(Dataset):
     def __getitem__(self, i: int) -> tuple[int, list[tuple[Any, Any, Any]] | None, str | None]:
         path = self.paths[i]
         try:
-            problem = check_image_file(path)
-            if problem:
-                return i, None, problem
             decoded: dict[int | None, np.ndarray] = {}
             for side in self.sides:
-                if side not in decoded:
-                    decoded[side] = read_image(path, side)
+                if side not in decoded:  # checked as strictly at every scale
+                    problem, decoded[side] = check_and_decode(path, side)
+                    if problem:
+                        return i, None, problem
             views = [self._view(decoded[side], transform, features)
                      for side, (transform, features) in zip(self.sides, self.preprocessing)]
         except ImageDecodeError as err:
@@ -289,19 +288,6 @@ class _ImageViews(Dataset):
         if self.tta and features:
             mirrored = features_of(np.ascontiguousarray(image[:, ::-1]), features)
         return transform(image=image)["image"], extras, mirrored
-
-
-class _ImageFiles(_ImageViews):
-    """One model's view: ``(index, image tensor, features, mirrored features, error)`` per path."""
-
-    def __init__(self, paths: Sequence[Path], transform: Any, features: dict[str, Any], tta: bool,
-                 min_side: int | None = None):
-        super().__init__(paths, [(transform, features)], tta, [min_side])
-        self.transform, self.features = transform, features
-
-    def __getitem__(self, i: int) -> tuple[int, Any, Any, Any, str | None]:  # type: ignore[override]
-        i, views, error = super().__getitem__(i)
-        return (i, None, None, None, error) if views is None else (i, *views[0], None)
 
 
 def _as_list(batch: list) -> list:
@@ -456,14 +442,9 @@ def _wants_submission(flag: Any, source: Any) -> bool:
     return path.is_dir() and path.resolve().name == SUBMISSION_FOLDER
 
 
-def _plain(value: Any) -> Any:
-    """A config value as plain Python (a Hydra list ``[a,b]`` as a list)."""
-    return OmegaConf.to_container(value) if isinstance(value, ListConfig) else value
-
-
 @hydra.main(config_path=str(config_dir()), config_name="predict", execution_whitelist=list(TRUSTED_TARGETS))
 def main(cfg: DictConfig) -> None:
-    source, ckpt_path, shares = (_plain(cfg.get(key)) for key in ("input", "ckpt_path", "ensemble_weights"))
+    source, ckpt_path, shares = (plain(cfg.get(key)) for key in ("input", "ckpt_path", "ensemble_weights"))
     with reported(log):
         paths = collect_inputs(source, cfg.get("csv_column"), cfg.get("image_root"))
         log.info("Predicting %d image(s) with %s%s", len(paths), ckpt_path, " (+ flip TTA)" if cfg.tta else "")

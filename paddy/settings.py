@@ -156,9 +156,9 @@ def logger_packages(loggers: Any) -> None:
                                f"pip install '{extra}'") from None
 
 
-def one_of(key: str, value: Any, allowed: tuple[str, ...]) -> str:
+def one_of(key: str, value: Any, allowed: tuple[Any, ...]) -> Any:
     if value not in allowed:
-        raise SettingError(f"{key}={value!r}: expected one of {', '.join(allowed)}")
+        raise SettingError(f"{key}={value!r}: expected one of {', '.join(map(str, allowed))}")
     return value
 
 

@@ -444,7 +444,7 @@ class PaddyOptunaSweeperImpl(_impl.OptunaSweeperImpl):
         rerun = [f"hydra.sweep.subdir={override_value(pattern.replace('${hydra.job.num}', str(retry_of)))}"]
         return rerun + (["resume=auto"] if "resume" in self.config else [])  # (a task with paddy's resume option)
 
-    def _outcome(self, study: optuna.Study, trial: Trial, ret: JobReturn,
+    def _outcome(self, trial: Trial, ret: JobReturn,
                  n_objectives: int) -> tuple[TrialState, list[float] | None, str | None]:
         if ret.status == JobStatus.COMPLETED:
             value = ret._return_value
@@ -464,7 +464,7 @@ class PaddyOptunaSweeperImpl(_impl.OptunaSweeperImpl):
         return TrialState.FAIL, None, _reason(error)
 
     def _record(self, study: optuna.Study, trial: Trial, ret: JobReturn, n_objectives: int) -> TrialState:
-        state, values, reason = self._outcome(study, trial, ret, n_objectives)
+        state, values, reason = self._outcome(trial, ret, n_objectives)
         _release(ret)
         if self.db.get_trial(trial._trial_id).state.is_finished():
             log.warning("Trial %d was finished by another process meanwhile", trial.number)

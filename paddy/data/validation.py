@@ -110,7 +110,7 @@ def _validate(files: list[str], items: list[str], cache_path: Path | None, worke
         workers = workers or min(32, available_cores())
 
         def check(i: int) -> str | None:
-            reason, image = check_and_decode(files[i], min_side) if min_side else check_and_decode(files[i])
+            reason, image = check_and_decode(files[i], min_side)
             if image is not None and on_image is not None:
                 on_image(i, image)
             return reason

@@ -22,7 +22,7 @@ from torch import nn
 
 from paddy.config import trusted_callable
 from paddy.errors import PaddyError
-from paddy.models.attention import PLACEMENTS, AttentionSpec, attention_spec
+from paddy.models.attention import AttentionSpec, attention_spec
 from paddy.models.backbone import create_backbone, load_backbone_weights
 from paddy.models.classifier import ImageClassifier
 from paddy.models.fusion import DCTFusionClassifier
@@ -224,5 +224,5 @@ def gflops(module: nn.Module, image_size: int = 224, extra_inputs: dict | None =
     return counter.get_total_flops() / 1e9
 
 
-__all__ = ["PLACEMENTS", "ModelConfigError", "backbone_family", "build_model", "classifier", "count_parameters",
+__all__ = ["ModelConfigError", "backbone_family", "build_model", "classifier", "count_parameters",
            "dct_fusion", "gflops"]

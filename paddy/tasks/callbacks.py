@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from lightning import Callback, LightningModule, Trainer
 
+from paddy.artifacts import HISTORY_FILE
 from paddy.errors import PaddyError
 from paddy.utils.plots import plot_history
 from paddy.utils.runtime import derived_seed
@@ -74,7 +75,7 @@ class RunHistory(Callback):
 
     def write(self) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        (self.output_dir / "history.json").write_text(json.dumps(self.history, indent=2))
+        (self.output_dir / HISTORY_FILE).write_text(json.dumps(self.history, indent=2))
         if self.plot and self.history["epoch"]:
             try:
                 plot_history(self.history, self.output_dir / "training_plot.png")

@@ -31,12 +31,12 @@ from typing import Any
 from lightning import Trainer
 from lightning.pytorch.loggers import MLFlowLogger
 
+from paddy.artifacts import HISTORY_FILE, METRICS_FILE
+
 log = logging.getLogger(__name__)
 
 # Run-directory files uploaded as they are (those that exist).
-RUN_FILES = ("metrics.json", "history.json", "training_plot.png")
-# MLflow's longest param value (its store refuses longer ones).
-MAX_PARAM_LENGTH = 500
+RUN_FILES = (METRICS_FILE, HISTORY_FILE, "training_plot.png")
 # Training samples in samples_train_augmented.png (TensorBoardDashboards' default).
 SAMPLE_COUNT = 16
 
@@ -66,14 +66,12 @@ def log_run_artifacts(trainer: Trainer, output_dir: str | Path, metrics: Mapping
 
 def _log_files(logger: MLFlowLogger, trainer: Trainer, output_dir: Path, metrics: Mapping[str, Any]) -> None:
     """Key params, the run directory's summary files, the full config and the checkpoint tags."""
-    from mlflow.entities import Param
-
     from paddy.tasks.dashboards import key_hparams
 
     client, run_id = logger.experiment, logger.run_id
     config = dict(trainer.lightning_module.hparams.get("config") or {})
     params = key_hparams(config, precision=str(trainer.precision))  # as in TensorBoard's HPARAMS row
-    client.log_batch(run_id, params=[Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in params.items()])
+    logger.log_hyperparams(params)
     for name in RUN_FILES:
         if (output_dir / name).is_file():
             client.log_artifact(run_id, str(output_dir / name))
