@@ -277,8 +277,9 @@ def step_wheels(ck: GpuCheck) -> tuple[str, dict[str, Any]]:
     ck.say(f"{len(misfits)} of them are not for this interpreter (CPython {sys.version.split()[0]}) but for "
            f"CPython {target}: pip checks them for that target without installing; this interpreter's own "
            f"packages are used")
-    platforms = [arg for tag in ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
-                 for arg in ("--platform", tag)]
+    from build_wheelhouse import DEFAULT_PLATFORM, expand_platforms  # the tags make gpu-wheels downloads for
+
+    platforms = [arg for tag in expand_platforms([DEFAULT_PLATFORM]) for arg in ("--platform", tag)]
     status, _ = ck.run([*pip, "--dry-run", "--python-version", target, "--implementation", "cp", *platforms,
                         "--only-binary=:all:", *map(str, wheels)], 300)
     return ("checked" if status == 0 else "failed"), {**details, "checked_for": f"CPython {target}"}

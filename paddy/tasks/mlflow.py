@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 # Run-directory files uploaded as they are (those that exist).
 RUN_FILES = (METRICS_FILE, HISTORY_FILE, "training_plot.png")
-# Training samples in samples_train_augmented.png (TensorBoardDashboards' default).
+# Training samples in samples_train_augmented.png without a TensorBoardDashboards callback (its default).
 SAMPLE_COUNT = 16
 
 
@@ -89,16 +89,24 @@ def _log_files(logger: MLFlowLogger, trainer: Trainer, output_dir: Path, metrics
 def _log_figures(logger: MLFlowLogger, trainer: Trainer, metrics: Mapping[str, Any]) -> None:
     """TensorBoard's images as PNG artifacts: the last validation and the test confusion matrices
     (from ``metrics.json``) and a grid of augmented training samples."""
-    from paddy.tasks.dashboards import augmented_samples, confusion_matrix_figure, sample_grid_figure
+    from paddy.tasks.dashboards import (
+        TensorBoardDashboards,
+        augmented_samples,
+        confusion_matrix_figure,
+        sample_grid_figure,
+    )
 
     client, run_id = logger.experiment, logger.run_id
     classes = list(metrics.get("classes") or [])
     for split, confusion in (metrics.get("confusion_matrix") or {}).items():
         figure = confusion_matrix_figure(confusion, classes, title=f"{split} confusion matrix")
         client.log_figure(run_id, figure, f"confusion_matrix_{split}.png")
-    images, labels = augmented_samples(trainer, SAMPLE_COUNT)
-    titles = [classes[y] if y < len(classes) else str(y) for y in labels]
-    client.log_figure(run_id, sample_grid_figure(images, titles), "samples_train_augmented.png")
+    dashboards = next((c for c in trainer.callbacks if isinstance(c, TensorBoardDashboards)), None)
+    count = dashboards.num_samples if dashboards is not None else SAMPLE_COUNT  # 0: no grid, as in TensorBoard
+    if count:
+        images, labels = augmented_samples(trainer, count)
+        titles = [classes[y] if y < len(classes) else str(y) for y in labels]
+        client.log_figure(run_id, sample_grid_figure(images, titles), "samples_train_augmented.png")
 
 
 __all__ = ["log_run_artifacts", "mlflow_loggers"]
