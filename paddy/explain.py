@@ -51,7 +51,7 @@ import paddy  # noqa: F401  (sets the offline environment before albumentations 
 from paddy.config import TRUSTED_TARGETS, config_dir, plain
 from paddy.errors import PaddyError, reported
 from paddy.model_inputs import feature_extractors, input_features
-from paddy.predict import _as_list, _ImageViews, collect_inputs, decode_side
+from paddy.predict import _as_list, _ImageViews, collect_inputs, member_decode_side
 from paddy.utils.checkpoints import load_trained_model, resolve_checkpoint, run_dir_of
 
 log = logging.getLogger("paddy")
@@ -171,7 +171,7 @@ class Run:
     std: np.ndarray
     name: str
     device: torch.device
-    decode_side: int | None = None  # the shorter side its preprocessing needs of a photo (paddy.predict.decode_side)
+    decode_side: int | None = None  # the side its preprocessing needs of a photo (member_decode_side)
 
 
 @dataclass
@@ -201,7 +201,7 @@ def load_run(ckpt_path: str | Path, device: str | torch.device | None = None, we
     features = feature_extractors(input_features(model), config.get("model"))
     name = str((config.get("model") or {}).get("name") or run_dir_of(resolve_checkpoint(ckpt_path)).name)
     return Run(model, class_names, transform, features, np.asarray(mean, dtype=np.float32).reshape(-1),
-               np.asarray(std, dtype=np.float32).reshape(-1), name, device, decode_side(config, features))
+               np.asarray(std, dtype=np.float32).reshape(-1), name, device, member_decode_side(config, features))
 
 
 def explain_run(run: Run, paths: Sequence[Path], method: str = "gradcam", layer: str | None = None,

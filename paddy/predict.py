@@ -258,7 +258,7 @@ class _ImageViews(Dataset):
     def __init__(self, paths: Sequence[Path], preprocessing: Sequence[tuple[Any, dict[str, Any]]], tta: bool,
                  sides: Sequence[int | None] | None = None):
         self.paths, self.preprocessing, self.tta = list(paths), list(preprocessing), tta
-        # Per member, the shorter side its preprocessing needs (decode_side): a JPEG is decoded at the smallest
+        # Per member, the shorter side its preprocessing needs (member_decode_side): a JPEG is decoded at the smallest
         # scale that has it, once per distinct side, so every member sees what it would see alone.
         self.sides = list(sides) if sides is not None else [None] * len(self.preprocessing)
 
@@ -310,22 +310,16 @@ def member_preprocessing(member: Member) -> tuple[Any, dict[str, Any]]:
     return transform, feature_extractors(input_features(member.model), member.config.get("model"))
 
 
-def decode_side(config: dict[str, Any], features: dict[str, Any]) -> int | None:
-    """The shorter side a run's eval preprocessing needs of a decoded photo: its image size, the sizes its
-    eval transforms resize or crop to and its extra inputs' sizes (the DCT's ``size``). JPEGs are decoded
-    no larger (:func:`paddy.data.imageio.jpeg_reduction`). None (the full size) when the run turned
-    ``data.scaled_decode`` off or an extra input takes the image as decoded (``dct.size: null``)."""
-    from paddy.data.transforms import output_side
+def member_decode_side(config: dict[str, Any], features: dict[str, Any]) -> int | None:
+    """The shorter side a run's eval preprocessing needs of a decoded photo
+    (:func:`paddy.data.transforms.decode_side`); None (the full size) when the run turned
+    ``data.scaled_decode`` off."""
+    from paddy.data.transforms import decode_side
 
     data = config.get("data") or {}
     if not data.get("scaled_decode", True):
         return None
-    sizes = [getattr(extractor, "size", None) for extractor in features.values()]
-    if any(size is None for size in sizes):
-        return None
-    sides = [data.get("image_size"), output_side((data.get("transforms") or {}).get("eval")), *sizes]
-    known = [int(side) for side in sides if side is not None]
-    return max(known) if known else None
+    return decode_side(data.get("image_size"), [(data.get("transforms") or {}).get("eval")], features)
 
 
 def ensemble_probabilities(members: Sequence[Member], paths: Sequence[Path], shares: Sequence[float],
@@ -341,7 +335,7 @@ def ensemble_probabilities(members: Sequence[Member], paths: Sequence[Path], sha
     probs = torch.full((len(paths), len(members[0].class_names)), float("nan"))
     errors: list[str | None] = [None] * len(paths)
     preprocessing = [member_preprocessing(m) for m in members]
-    sides = [decode_side(m.config, features) for m, (_, features) in zip(members, preprocessing)]
+    sides = [member_decode_side(m.config, features) for m, (_, features) in zip(members, preprocessing)]
     loader = DataLoader(_ImageViews(paths, preprocessing, tta, sides),
                         batch_size=int(batch_size), num_workers=int(num_workers), collate_fn=_as_list)
     with torch.inference_mode():

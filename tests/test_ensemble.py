@@ -26,9 +26,9 @@ from paddy.evaluate import EvaluationError, evaluate, format_summary
 from paddy.predict import (
     EnsembleError,
     collect_inputs,
-    decode_side,
     ensemble_shares,
     load_members,
+    member_decode_side,
     member_runs,
     predict,
 )
@@ -108,7 +108,7 @@ def test_one_member_predicts_as_the_model_alone(run_dir: Path, images: Path) -> 
     model, _, config = load_trained_model(run_dir)
     data = config["data"]
     transform = build_transform(data["transforms"]["eval"], data["mean"], data["std"])
-    assert decode_side(config, {}) == 32
+    assert member_decode_side(config, {}) == 32
 
     def by_hand(side: int | None) -> np.ndarray:
         with torch.inference_mode():

@@ -123,6 +123,18 @@ def test_plain_loader_decodes_as_big_as_the_transforms_need(tmp_path: Path):
     assert tuple(sample.shape) == (3, 32, 32)
 
 
+def test_plain_loader_decodes_as_big_as_the_extra_inputs_need(tmp_path: Path):
+    """A DCT of 64 px (or of the image as decoded) on 32-px transforms: the reader of every split decodes
+    big enough for it, as predict does for the same run (paddy.data.transforms.decode_side)."""
+    root = photo_root(tmp_path / "paddy")  # 96x128 photos
+    dct = datamodule(root, tmp_path / "cache", cache="none")
+    dct.request_features(["dct"], {"dct": {"size": 64}})
+    assert dct.decode_side == 64 and dct.split_indices["train"].reader(0).shape == (96, 128, 3)  # 48 < 64
+    whole = datamodule(root, tmp_path / "cache", cache="none")
+    whole.request_features(["dct"], {"dct": {"size": None}})
+    assert whole.decode_side is None and whole.split_indices["val"].reader(0).shape == (96, 128, 3)
+
+
 def test_cache_samples_match_the_files_for_small_images(paddy_root: Path, tmp_path: Path):
     """Images no bigger than the cache size are stored as decoded: training sees the same pixels."""
     cached = datamodule(paddy_root, tmp_path / "c", cache="memmap", cache_size=64)  # the fixture has 40 px

@@ -42,7 +42,7 @@ from paddy.data.errors import DataProblem, DataSourceError, DataValidationError,
 from paddy.data.gpu_augment import BatchAugment, parse_gpu_augment, unsupported_steps
 from paddy.data.sources import SPLITS, FileReader, ImageSource, SourceIndex
 from paddy.data.splits import stratified_folds, stratified_split, stratified_subset
-from paddy.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform, output_side
+from paddy.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform, decode_side
 from paddy.data.validation import default_cache_dir, validate_image_files
 from paddy.errors import SettingError
 from paddy.model_inputs import feature_extractors, features_of
@@ -266,7 +266,8 @@ class ImageDataModule(LightningDataModule):
         self._set_up_cache(cache_dir, cache, cache_size)
         self.scaled_decode = bool(scaled_decode)
         # What the plain loader's transforms need of a decoded image (the cache has its own size).
-        self.decode_side = max(self.image_size, *(output_side(transforms.get(k)) or 0 for k in ("train", "eval")))
+        self._specs = [transforms.get("train"), transforms.get("eval")]
+        self.decode_side = decode_side(self.image_size, self._specs)
         self._set_up_gpu_augment(gpu_augment, transforms.get("train"))
         self.features: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
         # The training order per epoch: from the run's seed (set by the pipeline) or split_seed.
@@ -472,6 +473,12 @@ class ImageDataModule(LightningDataModule):
         ``options[name]`` are the extractor's arguments (e.g. ``model.dct = {block: 32, size: 64}``).
         """
         self.features = feature_extractors(names, options)
+        # The plain loader's decode size covers the features too (a DCT of another size, or of the whole image).
+        self.decode_side = decode_side(self.image_size, self._specs, self.features)
+        if self.cache is None and self.scaled_decode:
+            for part in [self.index, *self.split_indices.values()]:
+                if part is not None and isinstance(part.reader, FileReader):
+                    part.reader.min_side = self.decode_side
 
     def dataset(self, split: str, raw: bool = False) -> ImageDataset:
         """Split ``split``'s dataset; ``raw``: un-augmented uint8 pixels for device-side augmentation."""

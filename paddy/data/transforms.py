@@ -17,6 +17,7 @@ to every pipeline, so train and eval are always normalised the same way.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import albumentations as A
 from albumentations.pytorch import ToTensorV2
@@ -40,6 +41,19 @@ def output_side(spec: Mapping[str, Mapping | None] | None) -> int | None:
                 if isinstance(item, int | float) and not isinstance(item, bool) or str(item).isdigit():
                     sides.append(int(item))
     return max(sides) if sides else None
+
+
+def decode_side(image_size: int | None, specs: Sequence[Mapping[str, Mapping | None] | None],
+                features: Mapping[str, Any] | None = None) -> int | None:
+    """The shorter side a decoded photo must keep for ``image_size``, the transform ``specs`` (:func:`output_side`)
+    and the extra inputs' extractors (their ``size``: the DCT's); JPEGs are decoded no larger (the one rule of
+    the plain loader, predict and explain). None (the full size) when an extractor takes the image as decoded
+    (``size: None``)."""
+    sizes = [getattr(extractor, "size", None) for extractor in (features or {}).values()]
+    if any(size is None for size in sizes):
+        return None
+    sides = [image_size, *(output_side(spec) for spec in specs), *sizes]
+    return max((int(side) for side in sides if side is not None), default=None)
 
 
 def build_transform(spec: Mapping[str, Mapping | None] | None, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> A.Compose:
