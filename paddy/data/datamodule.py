@@ -261,12 +261,11 @@ class ImageDataModule(LightningDataModule):
         self.on_bad_image = on_bad_image
         self.mean, self.std = tuple(mean), tuple(std)
         transforms = dict(transforms or {})
-        self.train_transform = build_transform(transforms.get("train"), mean, std)
-        self.eval_transform = build_transform(transforms.get("eval"), mean, std)
+        self._specs = [transforms.get("train"), transforms.get("eval")]
+        self.train_transform, self.eval_transform = (build_transform(spec, mean, std) for spec in self._specs)
         self._set_up_cache(cache_dir, cache, cache_size)
         self.scaled_decode = bool(scaled_decode)
         # What the plain loader's transforms need of a decoded image (the cache has its own size).
-        self._specs = [transforms.get("train"), transforms.get("eval")]
         self.decode_side = decode_side(self.image_size, self._specs)
         self._set_up_gpu_augment(gpu_augment, transforms.get("train"))
         self.features: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
